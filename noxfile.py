@@ -1,0 +1,92 @@
+"""Developer and CI tasks: ``nox`` runs lint, type checks and the tests; ``nox -s demo``
+runs the end-to-end demo. Sessions reuse MySQL/MariaDB and Redis already listening on
+loopback (or at SAFESYNC_DATABASE_URL / SAFESYNC_REDIS_URL); where a Docker engine is
+available and nothing listens, they start compose.yaml."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+from urllib.parse import urlsplit
+
+import nox
+
+nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = True
+
+PYPROJECT = nox.project.load_toml("pyproject.toml")
+DATABASE_URL = os.environ.get("SAFESYNC_DATABASE_URL", "mysql+asyncmy://root@127.0.0.1:3306/test")
+REDIS_URL = os.environ.get("SAFESYNC_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def _listening(url: str, default_port: int) -> bool:
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or default_port), 1):
+            return True
+    except OSError:
+        return False
+
+
+def _docker_available() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    return subprocess.run(["docker", "info"], capture_output=True, check=False).returncode == 0
+
+
+def _ensure_services(session: nox.Session) -> None:
+    missing = [
+        name
+        for name, url, port in (("database", DATABASE_URL, 3306), ("redis", REDIS_URL, 6379))
+        if not _listening(url, port)
+    ]
+    if not missing:
+        return
+    if _docker_available():
+        session.run("docker", "compose", "up", "--detach", "--wait", external=True)
+        return
+    session.error(
+        f"not reachable: {', '.join(missing)} (database {DATABASE_URL}, redis {REDIS_URL}). "
+        "Start MySQL/MariaDB and Redis locally, run `docker compose up -d --wait`, or point "
+        "SAFESYNC_DATABASE_URL / SAFESYNC_REDIS_URL at running servers."
+    )
+
+
+def _install(session: nox.Session, *groups: str) -> None:
+    session.install("-e", ".")
+    for group in groups:
+        session.install(*nox.project.dependency_groups(PYPROJECT, group))
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The test suite against real servers (args after -- go to pytest)."""
+    _install(session, "test")
+    _ensure_services(session)
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff lint and format check."""
+    session.install(*nox.project.dependency_groups(PYPROJECT, "lint"))
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict over the package, the tests and the examples."""
+    _install(session, "typecheck")
+    session.run("mypy")
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The end-to-end demo: publish transfers, consume them into the database, verify."""
+    _install(session)
+    _ensure_services(session)
+    session.run("python", "-m", "safesync_async.demo", *session.posargs)

@@ -1,0 +1,19 @@
+"""The database half: sessions, locks, optimistic updates, idempotent inserts."""
+
+from __future__ import annotations
+
+from .idempotent import insert_idempotent
+from .locking import AdvisoryLock, RowLock, lock_name
+from .occ import occ_update
+from .retry import retry_transaction
+from .session import DbSession
+
+__all__ = [
+    "AdvisoryLock",
+    "DbSession",
+    "RowLock",
+    "insert_idempotent",
+    "lock_name",
+    "occ_update",
+    "retry_transaction",
+]

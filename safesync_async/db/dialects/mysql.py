@@ -1,0 +1,129 @@
+"""MySQL 8.0+ and MariaDB 10.6+ (asyncmy or any DB-API driver with MySQL errnos)."""
+
+from __future__ import annotations
+
+import math
+import re
+
+from sqlalchemy.engine import Dialect as SADialect
+
+from ...errors import ConfigurationError
+from .base import ClassifiedError, Dialect, ErrorKind
+
+# Server error numbers, one table (see docs/sessions.md for what each means to callers).
+_ERRNO_KINDS: dict[int, ErrorKind] = {
+    1213: ErrorKind.DEADLOCK,  # ER_LOCK_DEADLOCK: whole transaction rolled back
+    3058: ErrorKind.DEADLOCK,  # ER_USER_LOCK_DEADLOCK (MySQL named locks)
+    1205: ErrorKind.LOCK_WAIT_TIMEOUT,  # ER_LOCK_WAIT_TIMEOUT: statement rolled back
+    1020: ErrorKind.SERIALIZATION,  # ER_CHECKREAD: MariaDB innodb_snapshot_isolation
+    3572: ErrorKind.LOCK_NOT_AVAILABLE,  # ER_LOCK_NOWAIT (MySQL)
+    1062: ErrorKind.DUPLICATE_KEY,  # ER_DUP_ENTRY
+    1022: ErrorKind.DUPLICATE_KEY,  # ER_DUP_KEY
+    1586: ErrorKind.DUPLICATE_KEY,  # ER_DUP_ENTRY_WITH_KEY_NAME
+    1969: ErrorKind.STATEMENT_TIMEOUT,  # ER_STATEMENT_TIMEOUT (MariaDB max_statement_time)
+    3024: ErrorKind.STATEMENT_TIMEOUT,  # ER_QUERY_TIMEOUT (MySQL max_execution_time)
+    1053: ErrorKind.DISCONNECT,  # ER_SERVER_SHUTDOWN
+    1927: ErrorKind.DISCONNECT,  # ER_CONNECTION_KILLED (MariaDB)
+    4031: ErrorKind.DISCONNECT,  # ER_CLIENT_INTERACTION_TIMEOUT (MySQL 8)
+    2002: ErrorKind.DISCONNECT,  # CR_CONNECTION_ERROR
+    2003: ErrorKind.DISCONNECT,  # CR_CONN_HOST_ERROR
+    2006: ErrorKind.DISCONNECT,  # CR_SERVER_GONE_ERROR
+    2013: ErrorKind.DISCONNECT,  # CR_SERVER_LOST
+    2055: ErrorKind.DISCONNECT,  # CR_SERVER_LOST_EXTENDED
+}
+
+_TRANSACTION_ENDING = frozenset({ErrorKind.DEADLOCK, ErrorKind.SERIALIZATION, ErrorKind.DISCONNECT})
+_STATEMENT_ONLY = frozenset(
+    {ErrorKind.DUPLICATE_KEY, ErrorKind.LOCK_NOT_AVAILABLE, ErrorKind.LOCK_WAIT_TIMEOUT}
+)
+# The key name is context for the caller, not the classification (that is the errno).
+_DUPLICATE_KEY_NAME = re.compile(r"for key '(?:[^']*\.)?([^'.]*)'")
+_ISOLATION_LEVELS = frozenset(
+    {"READ UNCOMMITTED", "READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"}
+)
+_MAX_LOCK_WAIT_TIMEOUT = 1_073_741_824
+
+
+class MySQLDialect(Dialect):
+    """MySQL and MariaDB: one table of errnos, server-version checks for the differences."""
+
+    label = "MySQL"
+
+    def classify(self, driver_error: BaseException, *, nowait: bool = False) -> ClassifiedError:
+        errno, message = _errno_and_message(driver_error)
+        kind = _ERRNO_KINDS.get(errno, ErrorKind.OTHER) if errno is not None else ErrorKind.OTHER
+        if nowait and kind is ErrorKind.LOCK_WAIT_TIMEOUT:
+            kind = ErrorKind.LOCK_NOT_AVAILABLE  # MariaDB reports NOWAIT failures as 1205
+        constraint = None
+        if kind is ErrorKind.DUPLICATE_KEY:
+            found = _DUPLICATE_KEY_NAME.search(message)
+            constraint = found.group(1) if found else None
+        return ClassifiedError(kind, errno, None, message, constraint)
+
+    def aborts_transaction(self, kind: ErrorKind) -> bool:
+        return kind in _TRANSACTION_ENDING
+
+    def keeps_transaction_usable(self, kind: ErrorKind) -> bool:
+        return kind in _STATEMENT_ONLY
+
+    def isolation_level_sql(self, level: str) -> str:
+        normalized = level.replace("_", " ").upper()
+        if normalized not in _ISOLATION_LEVELS:
+            raise ConfigurationError(
+                f"unknown isolation level {level!r}; use one of {sorted(_ISOLATION_LEVELS)}"
+            )
+        return f"SET TRANSACTION ISOLATION LEVEL {normalized}"
+
+    def lock_timeout_sql(self, seconds: float) -> tuple[str, str]:
+        # innodb_lock_wait_timeout is whole seconds, 1 at least on MySQL.
+        whole = min(max(1, math.ceil(seconds)), _MAX_LOCK_WAIT_TIMEOUT)
+        return (
+            "SET @safesync_saved_lock_wait_timeout = @@SESSION.innodb_lock_wait_timeout, "
+            f"SESSION innodb_lock_wait_timeout = {whole}",
+            "SET SESSION innodb_lock_wait_timeout = @safesync_saved_lock_wait_timeout",
+        )
+
+    def check_row_lock_options(
+        self, sa_dialect: SADialect, *, nowait: bool, skip_locked: bool
+    ) -> None:
+        if not (nowait or skip_locked):
+            return
+        version = tuple(sa_dialect.server_version_info or ())
+        needed: tuple[int, ...]
+        if getattr(sa_dialect, "is_mariadb", False):
+            server, needed = "MariaDB", (10, 6) if skip_locked else (10, 3)
+        else:
+            server, needed = "MySQL", (8, 0, 1)
+        if version < needed:
+            option = "SKIP LOCKED" if skip_locked else "NOWAIT"
+            shown = ".".join(map(str, version)) or "unknown"
+            wanted = ".".join(map(str, needed))
+            raise ConfigurationError(
+                f"{option} needs {server} {wanted} or newer; this server is {shown}"
+            )
+
+    def advisory_lock_sql(self) -> str:
+        return "SELECT GET_LOCK(:name, :timeout)"
+
+    def release_advisory_locks_sql(self) -> str:
+        return "SELECT RELEASE_ALL_LOCKS()"
+
+    def server_session_id(self, driver_connection: object) -> int | None:
+        thread_id = getattr(driver_connection, "thread_id", None)
+        if not callable(thread_id):
+            return None
+        value = thread_id()
+        return value if isinstance(value, int) else None
+
+    def kill_session_sql(self, session_id: int) -> str:
+        return f"KILL CONNECTION {int(session_id)}"
+
+    def is_unknown_session(self, info: ClassifiedError) -> bool:
+        return info.errno == 1094  # ER_NO_SUCH_THREAD
+
+
+def _errno_and_message(driver_error: BaseException) -> tuple[int | None, str]:
+    args = driver_error.args
+    if len(args) >= 2 and isinstance(args[0], int):
+        return args[0], str(args[1])
+    return None, str(driver_error)

@@ -1,0 +1,35 @@
+"""Idempotent INSERT: a duplicate key means "already done", never an error."""
+
+from __future__ import annotations
+
+from ..errors import DuplicateKeyError
+from .dialects import ErrorKind
+from .session import DbSession, Params, Statement
+
+__all__ = ["insert_idempotent"]
+
+
+async def insert_idempotent(
+    session: DbSession, sql: Statement, params: Params = None, *, key: str | None = None
+) -> bool:
+    """Run an INSERT; return True if it inserted, False if the row already existed.
+
+    A duplicate is recognised by the server's error code (1062 on MySQL), never by
+    message text, and the session stays usable (only the statement is undone).
+    ``INSERT IGNORE`` is deliberately not used: it also silences truncation and
+    NULL-to-default coercion. Pass ``key`` (the unique index name, e.g.
+    ``"PRIMARY"`` or ``"uq_orders_ref"``) to accept duplicates on that key only;
+    a collision on any other unique key then raises :class:`DuplicateKeyError`.
+    """
+    try:
+        if session.dialect.keeps_transaction_usable(ErrorKind.DUPLICATE_KEY):
+            await session._execute(sql, params, tolerate=ErrorKind.DUPLICATE_KEY)
+        else:
+            async with session.savepoint():
+                await session._execute(sql, params)
+    except DuplicateKeyError as exc:
+        if key is not None and exc.constraint is not None and exc.constraint != key:
+            session._fail(exc)
+            raise
+        return False
+    return True

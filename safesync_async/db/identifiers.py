@@ -1,0 +1,54 @@
+"""Validation of table and column names that callers pass as strings.
+
+A name must fully match a conservative pattern (letters, digits, ``_`` and ``$``, not
+starting with a digit, at most 64 characters). Validated names are always quoted
+by the SQLAlchemy dialect when rendered, so reserved words such as ``order`` work.
+Values are never interpolated: they are bound parameters.
+"""
+
+from __future__ import annotations
+
+import re
+
+import sqlalchemy as sa
+from sqlalchemy.sql.elements import quoted_name
+
+from ..errors import InvalidIdentifierError
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,63}")
+
+
+def validate_identifier(name: object, what: str) -> str:
+    """Return ``name`` if it is a safe identifier, else raise InvalidIdentifierError."""
+    if not isinstance(name, str) or _IDENTIFIER.fullmatch(name) is None:
+        raise InvalidIdentifierError(
+            f"invalid {what} name {name!r}: use 1-64 characters from letters, digits, "
+            "'_' and '$', not starting with a digit"
+        )
+    return name
+
+
+def table_clause(table: str | sa.Table, columns: list[str]) -> sa.TableClause:
+    """A quoted table construct with the given (validated) columns.
+
+    ``table`` is a name, optionally schema-qualified (``"billing.accounts"``), or a
+    SQLAlchemy :class:`~sqlalchemy.Table` whose columns must include ``columns``.
+    """
+    if isinstance(table, sa.Table):
+        missing = [c for c in columns if c not in table.c]
+        if missing:
+            raise InvalidIdentifierError(f"table {table.name!r} has no column(s) {missing}")
+        return table
+    if not isinstance(table, str):
+        raise InvalidIdentifierError(f"table must be a name or a sqlalchemy.Table, not {table!r}")
+    schema, _, name = table.rpartition(".")
+    validate_identifier(name, "table")
+    if schema:
+        validate_identifier(schema, "schema")
+    for column in columns:
+        validate_identifier(column, "column")
+    return sa.table(
+        quoted_name(name, quote=True),
+        *(sa.column(quoted_name(c, quote=True)) for c in columns),
+        schema=quoted_name(schema, quote=True) if schema else None,
+    )

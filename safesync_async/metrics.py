@@ -1,0 +1,196 @@
+"""Prometheus metrics, prefix ``safesync_``, in a registry the caller chooses.
+
+Every public entry point takes ``registry=``: a :class:`prometheus_client.CollectorRegistry`,
+``None`` to record nothing, or (the default) the global ``prometheus_client.REGISTRY``.
+Collectors are created once per registry. Labels are bounded: stream, group, outcome,
+lock kind and a caller-given operation name; never message ids or consumer names.
+Recording never raises into user code: a failure is logged once and dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from typing import Final
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["DEFAULT_REGISTRY", "Metrics", "RegistryArg", "metrics_for"]
+
+_log = logging.getLogger("safesync_async.metrics")
+
+
+class _DefaultRegistry:
+    def __repr__(self) -> str:
+        return "DEFAULT_REGISTRY"
+
+
+#: Sentinel meaning "prometheus_client's global REGISTRY".
+DEFAULT_REGISTRY: Final = _DefaultRegistry()
+RegistryArg = CollectorRegistry | _DefaultRegistry | None
+
+_LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+
+
+class Metrics:
+    """The library's collectors in one registry, or a recorder that does nothing."""
+
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        self.enabled = registry is not None
+        self._warned = False
+        if registry is None:
+            return
+        r = registry
+        self.transactions = Counter(
+            "safesync_db_transactions_total",
+            "Transactions ended by outcome: committed, rolled_back, commit_failed, commit_unknown.",
+            ["operation", "outcome"],
+            registry=r,
+        )
+        self.transaction_seconds = Histogram(
+            "safesync_db_transaction_duration_seconds",
+            "Time from DbSession entry to the end of its cleanup.",
+            ["operation"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.lock_wait_seconds = Histogram(
+            "safesync_db_lock_wait_seconds",
+            "Time spent acquiring a row or advisory lock.",
+            ["kind"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.lock_acquisitions = Counter(
+            "safesync_db_lock_acquisitions_total",
+            "Lock acquisition attempts by kind and outcome.",
+            ["kind", "outcome"],
+            registry=r,
+        )
+        self.occ_conflicts = Counter(
+            "safesync_db_occ_conflicts_total",
+            "Optimistic updates that matched no row (version conflict).",
+            ["operation"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "safesync_db_retries_total",
+            "Transactions run again by retry_transaction, by reason.",
+            ["operation", "reason"],
+            registry=r,
+        )
+        self.invalidations = Counter(
+            "safesync_db_connections_invalidated_total",
+            "Pooled connections discarded because their state was in doubt.",
+            ["reason"],
+            registry=r,
+        )
+        self.messages = Counter(
+            "safesync_queue_messages_total",
+            "Stream messages by outcome (acked, failed, dead_lettered, duplicate, ...).",
+            ["stream", "group", "outcome"],
+            registry=r,
+        )
+        self.handler_seconds = Histogram(
+            "safesync_queue_handler_duration_seconds",
+            "Handler run time, including its transaction's commit.",
+            ["stream", "group"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ack_seconds = Histogram(
+            "safesync_queue_ack_duration_seconds",
+            "Time of one XACK round trip (a batch of ids).",
+            ["stream", "group"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "safesync_queue_in_flight_messages",
+            "Messages fetched and not yet acked or released.",
+            ["stream", "group"],
+            registry=r,
+        )
+        self.claimed = Counter(
+            "safesync_queue_claimed_total",
+            "Stale pending entries claimed from other consumers.",
+            ["stream", "group"],
+            registry=r,
+        )
+        self.reconnects = Counter(
+            "safesync_queue_reconnects_total",
+            "Redis connection failures after which the consumer backed off and retried.",
+            ["stream", "group"],
+            registry=r,
+        )
+        self.groups_recreated = Counter(
+            "safesync_queue_groups_recreated_total",
+            "Consumer groups found missing (NOGROUP) and created again.",
+            ["stream", "group"],
+            registry=r,
+        )
+        self.lag = Gauge(
+            "safesync_queue_lag_messages",
+            "Entries in the stream not yet delivered to the group (XINFO GROUPS lag).",
+            ["stream", "group"],
+            registry=r,
+        )
+        self.published = Counter(
+            "safesync_queue_published_total",
+            "Entries added to a stream by the producer or the outbox relay.",
+            ["stream"],
+            registry=r,
+        )
+
+    def failed(self, exc: Exception) -> None:
+        """Record that recording failed; logged once, never raised."""
+        if not self._warned:
+            self._warned = True
+            _log.warning("metrics recording failed and is skipped: %r", exc)
+
+    def inc(self, counter_name: str, *labels: str, amount: float = 1.0) -> None:
+        if not self.enabled:
+            return
+        try:
+            getattr(self, counter_name).labels(*labels).inc(amount)
+        except Exception as exc:
+            self.failed(exc)
+
+    def observe(self, histogram_name: str, value: float, *labels: str) -> None:
+        if not self.enabled:
+            return
+        try:
+            getattr(self, histogram_name).labels(*labels).observe(value)
+        except Exception as exc:
+            self.failed(exc)
+
+    def set(self, gauge_name: str, value: float, *labels: str) -> None:
+        if not self.enabled:
+            return
+        try:
+            getattr(self, gauge_name).labels(*labels).set(value)
+        except Exception as exc:
+            self.failed(exc)
+
+
+_DISABLED = Metrics(None)
+_by_registry: weakref.WeakKeyDictionary[CollectorRegistry, Metrics] = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
+
+
+def metrics_for(registry: RegistryArg) -> Metrics:
+    """The :class:`Metrics` for ``registry`` (created on first use), or a no-op recorder."""
+    if registry is None:
+        return _DISABLED
+    target = REGISTRY if isinstance(registry, _DefaultRegistry) else registry
+    found = _by_registry.get(target)
+    if found is not None:
+        return found
+    with _lock:
+        found = _by_registry.get(target)
+        if found is None:
+            found = _by_registry[target] = Metrics(target)
+        return found

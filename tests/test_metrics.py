@@ -1,0 +1,55 @@
+"""Metrics: recorded in the caller's registry with bounded labels, disabled with None, and
+never raising into user code."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import CollectorRegistry
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from safesync_async import AdvisoryLock, DbSession, DuplicateKeyError, RowLock
+from safesync_async.metrics import metrics_for
+
+from .conftest import TableFactory
+
+
+async def test_session_and_lock_metrics(engine: AsyncEngine, make_table: TableFactory) -> None:
+    """Committed and rolled-back transactions, lock waits and OCC conflicts are counted in the
+    registry passed in, labelled by the caller's operation name."""
+    registry = CollectorRegistry()
+    table = await make_table("CREATE TABLE `{table}` (id INT PRIMARY KEY)")
+    async with DbSession(engine, operation="seed", registry=registry) as s:
+        await s.execute(f"INSERT INTO `{table}` VALUES (1)")
+        await RowLock(s, table, {"id": 1}).acquire()
+        await AdvisoryLock(s, f"metrics:{table}").acquire()
+    with pytest.raises(DuplicateKeyError):
+        async with DbSession(engine, operation="seed", registry=registry) as s:
+            await s.execute(f"INSERT INTO `{table}` VALUES (1)")
+
+    def value(name: str, **labels: str) -> float:
+        found = registry.get_sample_value(name, labels)
+        return 0.0 if found is None else found
+
+    assert value("safesync_db_transactions_total", operation="seed", outcome="committed") == 1
+    assert value("safesync_db_transactions_total", operation="seed", outcome="rolled_back") == 1
+    assert value("safesync_db_lock_acquisitions_total", kind="row", outcome="acquired") == 1
+    assert value("safesync_db_lock_acquisitions_total", kind="advisory", outcome="acquired") == 1
+    assert value("safesync_db_lock_wait_seconds_count", kind="row") == 1
+    assert value("safesync_db_transaction_duration_seconds_count", operation="seed") == 2
+
+
+def test_registry_none_disables_and_registries_are_separate() -> None:
+    """registry=None records nothing; two registries get their own collectors; the same
+    registry reuses them."""
+    assert not metrics_for(None).enabled
+    first, second = CollectorRegistry(), CollectorRegistry()
+    assert metrics_for(first) is metrics_for(first)
+    assert metrics_for(first) is not metrics_for(second)
+
+
+def test_recording_never_raises() -> None:
+    """A broken recording (wrong label count) is swallowed and logged, not raised."""
+    metrics = metrics_for(CollectorRegistry())
+    metrics.inc("transactions", "only-one-label")
+    metrics.observe("lock_wait_seconds", 1.0, "a", "b", "c")
+    metrics.set("lag", 1.0)
