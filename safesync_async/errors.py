@@ -29,8 +29,9 @@ chained (``raise ... from exc``), so the original is always on ``__cause__``::
         ├── QueueConnectionError                  Redis unreachable / connection dropped
         ├── ConsumerGroupMissingError             NOGROUP with on_missing_group="fail"
         ├── MessageDecodeError                    an entry could not be decoded
+        ├── MessageEncodeError                    a payload could not be encoded
         ├── MessageTooLargeError                  an entry exceeds max_message_bytes
-        └── UnsafeTrimError                       a trim would drop unacknowledged entries
+        └── UnsafeOperationError                  refused: would drop unacknowledged entries
 
 ``LockWaitTimeoutError``, ``StatementTimeoutError`` and ``LockTimeoutError`` also derive
 from the builtin :class:`TimeoutError`, so ``except TimeoutError`` catches every wait
@@ -54,6 +55,7 @@ __all__ = [
     "LockTimeoutError",
     "LockWaitTimeoutError",
     "MessageDecodeError",
+    "MessageEncodeError",
     "MessageTooLargeError",
     "MultipleRowsError",
     "QueueConnectionError",
@@ -65,7 +67,7 @@ __all__ = [
     "SerializationError",
     "SessionStateError",
     "StatementTimeoutError",
-    "UnsafeTrimError",
+    "UnsafeOperationError",
     "VersionConflictError",
 ]
 
@@ -223,9 +225,14 @@ class MessageDecodeError(QueueError):
     """A stream entry could not be decoded into a message payload."""
 
 
+class MessageEncodeError(QueueError):
+    """A payload could not be encoded into stream entry fields."""
+
+
 class MessageTooLargeError(QueueError):
     """A stream entry is larger than the configured ``max_message_bytes``."""
 
 
-class UnsafeTrimError(QueueError):
-    """A trim was refused because it would remove entries no group has acknowledged."""
+class UnsafeOperationError(QueueError):
+    """Refused because it would drop entries not yet acknowledged (a trim, or deleting a
+    consumer that still owns pending entries). Pass ``force=True`` to do it anyway."""

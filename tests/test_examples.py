@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from typing import cast
 
@@ -15,18 +17,23 @@ import examples
 EXAMPLES = sorted(
     info.name
     for info in pkgutil.iter_modules(examples.__path__)
-    if info.name not in {"settings"} and not info.name.startswith("_")
+    if info.name not in {"settings", "demo"} and not info.name.startswith("_")
 )
 
 
 def test_examples_are_discovered() -> None:
-    """The five database twins of the seed README are present."""
+    """The async twins of the seed README's five database and five queue examples exist."""
     assert {
         "db_atomic_update",
         "db_row_lock",
         "db_occ",
         "db_advisory_lock",
         "db_idempotent_insert",
+        "queue_iter_messages",
+        "queue_run",
+        "queue_recovery_worker",
+        "queue_manual_next",
+        "queue_graceful_shutdown",
     } <= set(EXAMPLES)
 
 
@@ -36,3 +43,16 @@ async def test_example_runs(name: str) -> None:
     module = importlib.import_module(f"examples.{name}")
     main = cast(Callable[[], Awaitable[None]], module.main)
     await main()
+
+
+def test_demo_command() -> None:
+    """The README's demo command runs end to end and exits 0 with every invariant checked."""
+    result = subprocess.run(
+        [sys.executable, "-m", "examples.demo", "--messages", "2000", "--concurrency", "16"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "all invariants hold" in result.stdout

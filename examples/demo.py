@@ -1,0 +1,218 @@
+"""End-to-end demo: publish money transfers to a Redis stream, consume them into MariaDB/MySQL
+with several concurrent consumers, then verify that money is conserved, every transfer was
+applied exactly once and nothing is left pending.
+
+    python -m examples.demo --messages 20000 --consumers 2 --concurrency 32
+
+Exits 0 when every invariant holds, 1 when one fails, 2 when a server is unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import random
+import sys
+import time
+from typing import Any
+
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from safesync_async import (
+    DbSession,
+    QueueConfig,
+    QueueConsumer,
+    QueueMessage,
+    QueueProducer,
+    SafeSyncError,
+    create_redis_client,
+    insert_idempotent,
+    stream_health,
+)
+
+from .settings import DATABASE_URL, REDIS_URL
+
+STREAM = "demo:transfers"
+GROUP = "ledger"
+OPENING_BALANCE = 1_000
+
+
+async def apply_transfer(message: QueueMessage[Any], session: DbSession) -> None:
+    """The handler: record the transfer (once) and move the money, in one transaction."""
+    transfer = message.payload
+    source, target, amount = transfer["from"], transfer["to"], transfer["amount"]
+    first = await insert_idempotent(
+        session,
+        "INSERT INTO demo_transfers (message_id, source, target, amount) "
+        "VALUES (:id, :source, :target, :amount)",
+        {"id": message.id, "source": source, "target": target, "amount": amount},
+    )
+    if not first:
+        return  # redelivered after a commit whose ack was lost: already applied
+    # Update the two rows in id order, so concurrent transfers never deadlock.
+    for account, delta in sorted(((source, -amount), (target, amount))):
+        await session.execute(
+            "UPDATE demo_accounts SET balance = balance + :delta WHERE id = :id",
+            {"delta": delta, "id": account},
+        )
+
+
+async def prepare(engine: AsyncEngine, redis: Redis, accounts: int) -> None:
+    async with DbSession(engine) as session:
+        await session.execute(
+            "CREATE TABLE IF NOT EXISTS demo_accounts (id INT PRIMARY KEY, balance BIGINT NOT NULL)"
+        )
+        await session.execute(
+            "CREATE TABLE IF NOT EXISTS demo_transfers (message_id VARCHAR(40) PRIMARY KEY, "
+            "source INT NOT NULL, target INT NOT NULL, amount INT NOT NULL)"
+        )
+        await session.execute("DELETE FROM demo_transfers")
+        await session.execute("DELETE FROM demo_accounts")
+        for start in range(0, accounts, 500):
+            rows = ", ".join(
+                f"({i}, {OPENING_BALANCE})"
+                for i in range(start + 1, min(accounts, start + 500) + 1)
+            )
+            await session.execute(f"INSERT INTO demo_accounts VALUES {rows}")
+    await redis.delete(STREAM, f"{STREAM}:dead")
+
+
+async def verify(engine: AsyncEngine, redis: Redis, accounts: int, messages: int) -> list[str]:
+    """Every invariant the demo promises; returns the ones that failed."""
+    failures = []
+    async with DbSession(engine) as session:
+        total = await session.execute_scalar("SELECT SUM(balance) FROM demo_accounts")
+        applied = await session.execute_scalar("SELECT COUNT(*) FROM demo_transfers")
+        mismatched = await session.execute_scalar(
+            """
+            SELECT COUNT(*) FROM demo_accounts a
+            LEFT JOIN (
+                SELECT id, SUM(delta) AS delta FROM (
+                    SELECT source AS id, -amount AS delta FROM demo_transfers
+                    UNION ALL
+                    SELECT target AS id, amount AS delta FROM demo_transfers
+                ) moves GROUP BY id
+            ) d ON d.id = a.id
+            WHERE a.balance <> :opening + COALESCE(d.delta, 0)
+            """,
+            {"opening": OPENING_BALANCE},
+        )
+    pending = int((await redis.xpending(STREAM, GROUP))["pending"])
+    dead = int(await redis.xlen(f"{STREAM}:dead"))
+    checks = [
+        (
+            total == accounts * OPENING_BALANCE,
+            f"money conserved: {total} == {accounts * OPENING_BALANCE}",
+        ),
+        (applied == messages, f"every transfer applied once: {applied} == {messages}"),
+        (not mismatched, "every balance equals opening + its applied transfers"),
+        (pending == 0, f"nothing left pending: {pending} pending"),
+        (dead == 0, f"no dead letters: {dead}"),
+    ]
+    for ok, label in checks:
+        print(f"  [{'ok' if ok else 'FAILED'}] {label}")
+        if not ok:
+            failures.append(label)
+    return failures
+
+
+async def reachable(engine: AsyncEngine, redis: Redis) -> bool:
+    try:
+        async with DbSession(engine) as session:
+            await session.execute("SELECT 1")
+    except SafeSyncError as exc:
+        print(
+            f"Cannot reach the database at {DATABASE_URL} ({exc}).\n"
+            "Start MySQL/MariaDB (for example `docker compose up -d --wait`) or set "
+            "SAFESYNC_DATABASE_URL=mysql+asyncmy://user:password@host:port/database",
+            file=sys.stderr,
+        )
+        return False
+    try:
+        await redis.ping()
+    except Exception as exc:
+        print(
+            f"Cannot reach Redis at {REDIS_URL} ({exc}).\n"
+            "Start Redis (for example `docker compose up -d --wait`) or set "
+            "SAFESYNC_REDIS_URL=redis://host:port/0",
+            file=sys.stderr,
+        )
+        return False
+    return True
+
+
+async def main(
+    messages: int = 20_000,
+    consumers: int = 2,
+    concurrency: int = 32,
+    accounts: int = 200,
+    time_limit: float = 600.0,
+) -> int:
+    engine = create_async_engine(DATABASE_URL, pool_size=consumers * concurrency, max_overflow=4)
+    redis = create_redis_client(REDIS_URL, block_ms=200)
+    try:
+        if not await reachable(engine, redis):
+            return 2
+        await prepare(engine, redis, accounts)
+        rng = random.Random(7)
+        transfers = []
+        for _ in range(messages):
+            source, target = rng.sample(range(1, accounts + 1), 2)
+            transfers.append({"from": source, "to": target, "amount": rng.randint(1, 100)})
+        started = time.perf_counter()
+        await QueueProducer(redis, STREAM).publish_batch(transfers)
+        published = time.perf_counter() - started
+        print(f"published {messages} transfers to {STREAM!r} in {published:.2f} s")
+
+        workers = [
+            QueueConsumer(
+                redis,
+                QueueConfig(
+                    stream_key=STREAM,
+                    consumer_group=GROUP,
+                    consumer_name=f"demo-{i}",
+                    concurrency=concurrency,
+                    block_ms=200,
+                ),
+            )
+            for i in range(consumers)
+        ]
+        started = time.perf_counter()
+        async with asyncio.timeout(time_limit):
+            await asyncio.gather(
+                *(worker.run_until_drained(apply_transfer, engine=engine) for worker in workers)
+            )
+        elapsed = time.perf_counter() - started
+        print(
+            f"consumed {messages} transfers with {consumers} consumers x concurrency "
+            f"{concurrency} in {elapsed:.2f} s: {messages / elapsed:,.0f} messages/s"
+        )
+        for worker in workers:
+            print(f"  {worker.config.consumer_name}: {worker.statistics()}")
+        print((await stream_health(redis, STREAM, dead_letter_stream=f"{STREAM}:dead")).describe())
+        print("invariants:")
+        failures = await verify(engine, redis, accounts, messages)
+        print("all invariants hold" if not failures else f"{len(failures)} invariant(s) FAILED")
+        return 1 if failures else 0
+    finally:
+        await redis.aclose()
+        await engine.dispose()
+
+
+def cli() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--consumers", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--accounts", type=int, default=200)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    sys.exit(asyncio.run(main(args.messages, args.consumers, args.concurrency, args.accounts)))
+
+
+if __name__ == "__main__":
+    cli()

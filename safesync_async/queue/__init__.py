@@ -1,0 +1,35 @@
+"""The queue half: Redis Streams consumers, producers, dead letters and health."""
+
+from __future__ import annotations
+
+from .client import ServerInfo, check_redis_client, create_redis_client, server_info
+from .codec import Codec, JsonCodec
+from .config import QueueConfig
+from .consumer import ConsumerStatistics, QueueConsumer
+from .dead_letters import DeadLetter, DeadLetterReason, parse_dead_letter
+from .health import ConsumerHealth, GroupHealth, StreamHealth, stream_health
+from .models import QueueMessage
+from .producer import QueueProducer
+from .signals import install_signal_handlers
+
+__all__ = [
+    "Codec",
+    "ConsumerHealth",
+    "ConsumerStatistics",
+    "DeadLetter",
+    "DeadLetterReason",
+    "GroupHealth",
+    "JsonCodec",
+    "QueueConfig",
+    "QueueConsumer",
+    "QueueMessage",
+    "QueueProducer",
+    "ServerInfo",
+    "StreamHealth",
+    "check_redis_client",
+    "create_redis_client",
+    "install_signal_handlers",
+    "parse_dead_letter",
+    "server_info",
+    "stream_health",
+]

@@ -1,0 +1,89 @@
+"""Batched acknowledgements: ids of committed messages go out in multi-id XACKs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from ..errors import QueueConnectionError
+from .backoff import Backoff
+from .streams import GroupStream
+
+__all__ = ["AckBatcher"]
+
+_log = logging.getLogger("safesync_async.queue.acks")
+
+
+class AckBatcher:
+    """Acks ids after their transaction committed, many per XACK.
+
+    There is no timer: while one XACK is on the wire, the ids of messages committed
+    meanwhile gather for the next one, so batches grow with load and latency stays one
+    round trip. On a connection error the ids are kept and retried with backoff.
+    """
+
+    def __init__(
+        self,
+        streams: GroupStream,
+        backoff: Backoff,
+        *,
+        on_acked: Callable[[int, int, float], None],
+        on_connection_error: Callable[[QueueConnectionError], None],
+    ) -> None:
+        self._streams = streams
+        self._backoff = backoff
+        self._on_acked = on_acked
+        self._on_connection_error = on_connection_error
+        self._ids: list[str] = []
+        self._wakeup = asyncio.Event()
+        self._closing = False
+
+    @property
+    def waiting(self) -> int:
+        """Committed messages whose ack has not been confirmed yet."""
+        return len(self._ids)
+
+    def add(self, entry_id: str) -> None:
+        self._ids.append(entry_id)
+        self._wakeup.set()
+
+    def close(self) -> None:
+        """Ask :meth:`run` to flush what is left and return."""
+        self._closing = True
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        while True:
+            if not self._ids:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            await self.flush_once()
+
+    async def flush_once(self) -> None:
+        ids, self._ids = self._ids, []
+        started = time.perf_counter()
+        try:
+            acked = await self._streams.ack(ids)
+        except QueueConnectionError as exc:
+            self._ids[:0] = ids
+            self._on_connection_error(exc)
+            await self._backoff.sleep()
+            return
+        except BaseException:
+            self._ids[:0] = ids
+            raise
+        self._backoff.reset()
+        if acked < len(ids):
+            _log.warning(
+                "XACK on %r acknowledged %d of %d ids: the others were no longer pending "
+                "(claimed and acked elsewhere, or the group was recreated)",
+                self._streams.stream,
+                acked,
+                len(ids),
+            )
+        self._on_acked(len(ids), acked, time.perf_counter() - started)

@@ -1,0 +1,130 @@
+"""QueueConfig: everything a consumer needs to know about its stream and group."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..errors import ConfigurationError
+from .codec import Codec, JsonCodec
+
+__all__ = ["QueueConfig"]
+
+
+def _default_consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class QueueConfig:
+    """Settings of a :class:`QueueConsumer` (seed-compatible names first).
+
+    Attributes:
+        stream_key: the Redis stream to consume.
+        consumer_group: the consumer group; created (with the stream) if missing.
+        consumer_name: this consumer's name in the group; stable across restarts so a
+            restarted worker finds its own pending entries first. Defaults to
+            ``<hostname>-<pid>``.
+        block_ms: how long one XREADGROUP waits for new entries.
+        concurrency: handlers running at once (capped by the engine's pool size).
+        prefetch: entries read ahead beyond ``concurrency`` (``None``: as many as
+            ``concurrency``). Bounds memory together with ``max_message_bytes``.
+        start_id: where a newly created group starts; ``"0"`` consumes the backlog,
+            ``"$"`` only new entries.
+        max_deliveries: after this many failed deliveries an entry goes to the
+            dead-letter stream (``None``: retry forever).
+        dead_letter_stream: where dead letters go (default ``<stream_key>:dead``).
+        claim_min_idle_ms: entries pending longer than this (a crashed consumer, a
+            failed handler) are claimed and retried by the running consumers. Keep it
+            well above the longest handler run: a message still being handled when it
+            reaches this age is claimed by another consumer and handled twice.
+        claim_interval_ms: how often the in-loop recovery runs (``None``: never; run a
+            dedicated ``run_claim_stale`` worker instead).
+        claim_count: entries claimed per recovery step at most.
+        max_message_bytes: entries larger than this are dead-lettered without decoding.
+        handler_timeout: seconds a handler (with its commit) may take; on expiry it is
+            cancelled and counted as a failure. ``None``: no limit.
+        drain_timeout: seconds ``stop()`` waits for running handlers before cancelling them.
+        on_missing_group: ``"recreate"`` the group (from ``start_id``) if it vanishes,
+            or ``"fail"`` with ConsumerGroupMissingError.
+        stop_on_error: stop the consumer when a handler fails (the seed's behaviour);
+            by default the message stays pending and the consumer goes on.
+        reconnect_initial_delay / reconnect_max_delay: exponential backoff bounds (seconds)
+            after a Redis connection error.
+        codec: turns entry fields into payloads and back (default: JSON in field ``data``).
+    """
+
+    stream_key: str
+    consumer_group: str
+    consumer_name: str = field(default_factory=_default_consumer_name)
+    block_ms: int = 5_000
+    concurrency: int = 16
+    prefetch: int | None = None
+    start_id: str = "0"
+    max_deliveries: int | None = 5
+    dead_letter_stream: str | None = None
+    claim_min_idle_ms: int = 60_000
+    claim_interval_ms: int | None = 5_000
+    claim_count: int = 100
+    max_message_bytes: int = 1_048_576
+    handler_timeout: float | None = None
+    drain_timeout: float = 30.0
+    on_missing_group: Literal["recreate", "fail"] = "recreate"
+    stop_on_error: bool = False
+    reconnect_initial_delay: float = 0.1
+    reconnect_max_delay: float = 10.0
+    codec: Codec[Any] = field(default_factory=JsonCodec)
+
+    def __post_init__(self) -> None:
+        for name in ("stream_key", "consumer_group", "consumer_name", "start_id"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise ConfigurationError(f"QueueConfig.{name} must be a non-empty string")
+        _positive_int("block_ms", self.block_ms, minimum=1)
+        _positive_int("concurrency", self.concurrency, minimum=1)
+        _positive_int("claim_min_idle_ms", self.claim_min_idle_ms, minimum=0)
+        _positive_int("claim_count", self.claim_count, minimum=1)
+        _positive_int("max_message_bytes", self.max_message_bytes, minimum=1)
+        if self.prefetch is not None:
+            _positive_int("prefetch", self.prefetch, minimum=0)
+        if self.max_deliveries is not None:
+            _positive_int("max_deliveries", self.max_deliveries, minimum=1)
+        if self.claim_interval_ms is not None:
+            _positive_int("claim_interval_ms", self.claim_interval_ms, minimum=1)
+        for name in ("drain_timeout", "reconnect_initial_delay", "reconnect_max_delay"):
+            _positive_float(name, getattr(self, name))
+        if self.handler_timeout is not None:
+            _positive_float("handler_timeout", self.handler_timeout)
+        if self.on_missing_group not in ("recreate", "fail"):
+            raise ConfigurationError("on_missing_group must be 'recreate' or 'fail'")
+        if (
+            self.handler_timeout is not None
+            and self.claim_min_idle_ms <= self.handler_timeout * 1000
+        ):
+            raise ConfigurationError(
+                "claim_min_idle_ms must be longer than handler_timeout, or running messages "
+                "would be claimed and handled twice"
+            )
+        if self.dead_letter_stream == self.stream_key:
+            raise ConfigurationError("dead_letter_stream must differ from stream_key")
+
+    @property
+    def dead_letters(self) -> str:
+        """The dead-letter stream's key."""
+        return self.dead_letter_stream or f"{self.stream_key}:dead"
+
+    def read_ahead_limit(self, concurrency: int) -> int:
+        """Entries held at once (running plus prefetched) for an effective concurrency."""
+        return concurrency + (concurrency if self.prefetch is None else self.prefetch)
+
+
+def _positive_int(name: str, value: object, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigurationError(f"QueueConfig.{name} must be an int >= {minimum}, got {value!r}")
+
+
+def _positive_float(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigurationError(f"QueueConfig.{name} must be a number > 0, got {value!r}")

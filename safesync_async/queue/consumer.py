@@ -1,0 +1,840 @@
+"""QueueConsumer: at-least-once consumption of a Redis stream through a consumer group."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
+
+import anyio
+import anyio.abc
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from .._shield import run_to_completion
+from ..db.session import DbSession
+from ..errors import (
+    CommitOutcomeUnknownError,
+    ConfigurationError,
+    ConsumerGroupMissingError,
+    DatabaseDisconnectError,
+    MessageDecodeError,
+    QueueConnectionError,
+    QueueError,
+)
+from ..metrics import DEFAULT_REGISTRY, RegistryArg, metrics_for
+from .acks import AckBatcher
+from .backoff import Backoff
+from .client import ServerInfo, check_redis_client, server_info
+from .config import QueueConfig
+from .dead_letters import DeadLetterReason, dead_letter_fields
+from .errors import redis_errors
+from .models import QueueMessage
+from .streams import Delivery, GroupStream
+
+__all__ = ["ConsumerStatistics", "DbHandler", "Handler", "Inbox", "QueueConsumer"]
+
+_log = logging.getLogger("safesync_async.queue.consumer")
+
+Handler = Callable[[QueueMessage[Any]], Awaitable[None]]
+DbHandler = Callable[[QueueMessage[Any], DbSession], Awaitable[None]]
+
+# Remembered last errors, so a dead letter written on a later delivery can say what failed.
+_REMEMBERED_ERRORS = 10_000
+# Bound on flushing acks when run() is cancelled rather than stopped.
+_CANCEL_FLUSH_SECONDS = 5.0
+
+
+class Inbox(Protocol):
+    """Records processed messages in the handler's transaction (see queue.inbox)."""
+
+    async def record(self, session: DbSession, group: str, message: QueueMessage[Any]) -> bool:
+        """Insert the message's key; False if it was already processed (a duplicate)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerStatistics:
+    """Counters of one consumer since it was created (see :meth:`QueueConsumer.statistics`)."""
+
+    received: int
+    acked: int
+    failed: int
+    dead_lettered: int
+    duplicates: int
+    claimed: int
+    deleted_while_pending: int
+    handed_back: int
+    reconnects: int
+    groups_recreated: int
+    in_flight: int
+    ack_waiting: int
+
+
+@dataclass(slots=True)
+class _Counters:
+    received: int = 0
+    acked: int = 0
+    failed: int = 0
+    dead_lettered: int = 0
+    duplicates: int = 0
+    claimed: int = 0
+    deleted_while_pending: int = 0
+    handed_back: int = 0
+    reconnects: int = 0
+    groups_recreated: int = 0
+
+
+class QueueConsumer:
+    """Consumes a stream through a consumer group: fetch, handle, commit, then ack.
+
+    ``await consumer.run(handler, engine=engine)`` runs ``handler(message, session)``
+    inside a :class:`DbSession` for each entry, up to ``config.concurrency`` at once,
+    and acknowledges an entry only after its transaction committed (acks are batched).
+    Without ``engine``, ``handler(message)`` is called and acked when it returns.
+
+    What the consumer guarantees:
+
+    * **At-least-once.** An entry is acked only after its handler (and commit)
+      succeeded. A failed handler leaves it pending; it is claimed again after
+      ``claim_min_idle_ms`` (by this or another consumer) and dead-lettered after
+      ``max_deliveries`` deliveries. Pair it with an inbox for effectively-once effects.
+    * **No poison can stop the loop.** Undecodable, oversized and deleted-while-pending
+      entries are dead-lettered (or recorded as tombstones) and acked.
+    * **Recovery in the loop.** Entries idle longer than ``claim_min_idle_ms`` are
+      claimed with XAUTOCLAIM, following its cursor through the whole pending list.
+    * **Redis outages** are ridden out with exponential backoff; after a reconnect the
+      consumer re-reads its own pending entries before new ones. A vanished group is
+      recreated (counted) or reported, per ``on_missing_group``.
+    * **Graceful stop.** :meth:`stop` (or SIGTERM via ``install_signal_handlers``):
+      no new reads, running handlers get ``drain_timeout`` seconds, every committed
+      entry is acked, entries read but not started are handed back so other consumers
+      can claim them at once, then ``run`` returns.
+
+    The manual API of the seed library is kept: :meth:`next`, :meth:`iter_messages`,
+    :meth:`ack`, :meth:`claim_stale`, :meth:`run_claim_stale`, :meth:`stop`.
+
+    A consumer runs one loop at a time; start one consumer per worker task/process.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        config: QueueConfig,
+        *,
+        inbox: Inbox | None = None,
+        registry: RegistryArg = DEFAULT_REGISTRY,
+    ) -> None:
+        if not isinstance(config, QueueConfig):
+            raise ConfigurationError("QueueConsumer needs a QueueConfig")
+        self.config = config
+        self.redis = redis
+        self._inbox = inbox
+        self._streams = GroupStream(
+            redis, config.stream_key, config.consumer_group, config.consumer_name
+        )
+        self._metrics = metrics_for(registry)
+        self._registry = registry
+        self._labels = (config.stream_key, config.consumer_group)
+        self._counters = _Counters()
+        self._last_errors: collections.OrderedDict[str, str] = collections.OrderedDict()
+        self._stop_requested: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = False
+        self._running = False
+        self._prepared = False
+        self._failure: BaseException | None = None
+        self._server: ServerInfo | None = None
+        self._outstanding: set[str] = set()
+        self._slots_freed: asyncio.Event | None = None
+        self._db_backoff = self._new_backoff()
+        self._database_retry_at = 0.0
+        self._acks: AckBatcher | None = None
+        self._own_pending_cursor: str | None = "0"
+        self._manual_claim_cursor = "0-0"
+
+    # -- public API ----------------------------------------------------------------
+
+    async def run(
+        self,
+        handler: DbHandler | Handler,
+        *,
+        engine: AsyncEngine | None = None,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Consume until :meth:`stop` is called (or the task is cancelled).
+
+        ``handler(message, session)`` with ``engine``; ``handler(message)`` without.
+        Usable with ``await task_group.start(consumer.run, handler)``: it reports started
+        once the group exists and the loops are running.
+        """
+        await self._serve(
+            handler,
+            engine,
+            read_new=True,
+            claim=(
+                (
+                    self.config.claim_min_idle_ms,
+                    self.config.claim_interval_ms,
+                    self.config.claim_count,
+                )
+                if self.config.claim_interval_ms is not None
+                else None
+            ),
+            task_status=task_status,
+        )
+
+    async def run_until_drained(
+        self,
+        handler: DbHandler | Handler,
+        *,
+        engine: AsyncEngine | None = None,
+        poll_interval: float = 0.05,
+    ) -> None:
+        """Like :meth:`run`, but stop gracefully once the group has nothing left: every
+        entry delivered (no lag), none pending, nothing in flight. For batch jobs, tests
+        and examples; bound it with ``asyncio.timeout`` if messages may keep failing."""
+        async with asyncio.TaskGroup() as tasks:
+            runner = tasks.create_task(self.run(handler, engine=engine))
+            while not runner.done():
+                if await self._drained():
+                    break
+                await asyncio.sleep(poll_interval)
+            self.stop()
+
+    async def _drained(self) -> bool:
+        if not self._prepared or self._outstanding or (self._acks and self._acks.waiting):
+            return False
+        try:
+            with redis_errors("XINFO GROUPS", self.config.stream_key):
+                groups = await self.redis.xinfo_groups(self.config.stream_key)
+                last_id = (await self.redis.xinfo_stream(self.config.stream_key))[
+                    "last-generated-id"
+                ]
+        except QueueError:
+            return False
+        for group in groups:
+            if group["name"] in (self.config.consumer_group, self.config.consumer_group.encode()):
+                return int(group["pending"]) == 0 and group["last-delivered-id"] == last_id
+        return False
+
+    async def run_claim_stale(
+        self,
+        handler: DbHandler | Handler,
+        *,
+        engine: AsyncEngine | None = None,
+        min_idle_ms: int = 60_000,
+        claim_interval_ms: int = 5_000,
+        max_claim_count: int = 10,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """A dedicated recovery worker: only claims entries idle longer than
+        ``min_idle_ms`` (from any consumer) and processes them like :meth:`run`."""
+        for name, value, minimum in (
+            ("min_idle_ms", min_idle_ms, 0),
+            ("claim_interval_ms", claim_interval_ms, 1),
+            ("max_claim_count", max_claim_count, 1),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ConfigurationError(f"{name} must be an int >= {minimum}, got {value!r}")
+        await self._serve(
+            handler,
+            engine,
+            read_new=False,
+            claim=(min_idle_ms, claim_interval_ms, max_claim_count),
+            task_status=task_status,
+        )
+
+    def stop(self) -> None:
+        """Request a graceful stop; safe from signal handlers and other threads."""
+        self._stopping = True
+        loop, event = self._loop, self._stop_requested
+        if loop is None or event is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            event.set()
+        else:
+            loop.call_soon_threadsafe(event.set)
+
+    @property
+    def stopping(self) -> bool:
+        """True once :meth:`stop` was called."""
+        return self._stopping
+
+    def statistics(self) -> ConsumerStatistics:
+        c = self._counters
+        return ConsumerStatistics(
+            received=c.received,
+            acked=c.acked,
+            failed=c.failed,
+            dead_lettered=c.dead_lettered,
+            duplicates=c.duplicates,
+            claimed=c.claimed,
+            deleted_while_pending=c.deleted_while_pending,
+            handed_back=c.handed_back,
+            reconnects=c.reconnects,
+            groups_recreated=c.groups_recreated,
+            in_flight=len(self._outstanding),
+            ack_waiting=self._acks.waiting if self._acks is not None else 0,
+        )
+
+    async def next(self, block_ms: int | None = None) -> QueueMessage[Any] | None:
+        """One message: this consumer's own pending entries first, then new ones.
+
+        Waits up to ``block_ms`` (default ``config.block_ms``); ``None`` if nothing came.
+        Poison entries met on the way are dead-lettered, never returned.
+        """
+        await self._prepare_manual()
+        block = self.config.block_ms if block_ms is None else block_ms
+        while True:
+            if self._own_pending_cursor is not None:
+                deliveries = await self._with_group(
+                    self._streams.read_own_pending, self._own_pending_cursor, 1
+                )
+                if deliveries:
+                    self._own_pending_cursor = deliveries[-1].id
+                else:
+                    self._own_pending_cursor = None
+                    continue
+            else:
+                deliveries = await self._with_group(self._streams.read_new, 1, block)
+                if not deliveries:
+                    return None
+            self._counters.received += len(deliveries)
+            message = await self._admit(deliveries[0])
+            if message is not None:
+                return message
+
+    async def iter_messages(self, block_ms: int | None = None) -> AsyncIterator[QueueMessage[Any]]:
+        """Yield messages until :meth:`stop` is called. Ack each with :meth:`ack`."""
+        while not self._stopping:
+            message = await self.next(block_ms)
+            if message is not None:
+                yield message
+
+    async def ack(self, message: QueueMessage[Any]) -> bool:
+        """Acknowledge at once; False if the entry was no longer pending for the group."""
+        acked = await self._streams.ack([message.id]) == 1
+        if acked:
+            self._counters.acked += 1
+            self._metrics.inc("messages", *self._labels, "acked")
+        return acked
+
+    async def claim_stale(
+        self, min_idle_ms: int = 60_000, max_claim_count: int = 10
+    ) -> list[QueueMessage[Any]]:
+        """Claim up to ``max_claim_count`` entries idle longer than ``min_idle_ms``.
+
+        Follows an XAUTOCLAIM cursor across calls, so stale entries behind live ones are
+        reached. Poison and deleted entries are dead-lettered / reported, not returned.
+        """
+        await self._prepare_manual()
+        result = await self._with_group(
+            self._streams.claim_idle, min_idle_ms, self._manual_claim_cursor, max_claim_count
+        )
+        self._manual_claim_cursor = result.next_cursor
+        await self._report_deleted(result.deleted_ids)
+        self._count_claimed(len(result.deliveries))
+        messages = []
+        for delivery in result.deliveries:
+            message = await self._admit(delivery)
+            if message is not None:
+                messages.append(message)
+        return messages
+
+    # -- the loop ------------------------------------------------------------------
+
+    async def _serve(
+        self,
+        handler: DbHandler | Handler,
+        engine: AsyncEngine | None,
+        *,
+        read_new: bool,
+        claim: tuple[int, int, int] | None,
+        task_status: anyio.abc.TaskStatus[None],
+    ) -> None:
+        if self._running:
+            raise QueueError("this QueueConsumer is already running; start one per worker")
+        self._running = True
+        self._loop = asyncio.get_running_loop()
+        stop_requested = self._stop_requested = asyncio.Event()
+        self._slots_freed = asyncio.Event()
+        if self._stopping:
+            stop_requested.set()
+        concurrency = self._effective_concurrency(engine)
+        limit = self.config.read_ahead_limit(concurrency)
+        process = self._processor(handler, engine)
+        work: asyncio.Queue[Delivery | None] = asyncio.Queue()
+        acks = self._acks = AckBatcher(
+            self._streams,
+            self._new_backoff(),
+            on_acked=self._record_acks,
+            on_connection_error=self._record_connection_error,
+        )
+        draining = False
+        try:
+            if not await self._prepare(stop_requested):
+                return
+            async with asyncio.TaskGroup() as tasks:
+                ack_task = tasks.create_task(acks.run())
+                feeders = []
+                if read_new:
+                    feeders.append(tasks.create_task(self._read_loop(work, limit)))
+                if claim is not None:
+                    feeders.append(tasks.create_task(self._claim_loop(work, limit, *claim)))
+                workers = [
+                    tasks.create_task(self._work_loop(work, process, lambda: draining))
+                    for _ in range(concurrency)
+                ]
+                task_status.started()
+                await stop_requested.wait()
+                draining = True
+                for feeder in feeders:
+                    feeder.cancel()
+                for _ in workers:
+                    work.put_nowait(None)
+                _done, late = await asyncio.wait(workers, timeout=self.config.drain_timeout)
+                for worker in late:
+                    _log.warning("drain timeout: cancelling a handler that is still running")
+                    worker.cancel()
+                acks.close()
+                await ack_task
+            await self._hand_back_unfinished()
+        except asyncio.CancelledError:
+            await run_to_completion(self._flush_acks_after_cancel(acks))
+            raise
+        finally:
+            self._running = False
+            self._stopping = False
+            self._acks = None
+            self._outstanding.clear()
+            self._metrics.set("in_flight", 0, *self._labels)
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            raise failure
+
+    async def _flush_acks_after_cancel(self, acks: AckBatcher) -> None:
+        try:
+            async with asyncio.timeout(_CANCEL_FLUSH_SECONDS):
+                while acks.waiting:
+                    await acks.flush_once()
+        except (TimeoutError, QueueError):
+            pass
+        if acks.waiting:
+            _log.warning(
+                "cancelled with %d committed message(s) not acked; they will be redelivered",
+                acks.waiting,
+            )
+
+    def _effective_concurrency(self, engine: AsyncEngine | None) -> int:
+        wanted = self.config.concurrency
+        if engine is None:
+            return wanted
+        pool = engine.pool
+        size = getattr(pool, "size", None)
+        overflow = getattr(pool, "_max_overflow", None)
+        if not callable(size) or not isinstance(overflow, int) or overflow < 0:
+            return wanted  # unbounded or unknown pool
+        capacity = int(size()) + overflow
+        if wanted > capacity:
+            _log.warning(
+                "concurrency=%d exceeds what the engine's pool can serve (%d connections); "
+                "running %d handlers at once",
+                wanted,
+                capacity,
+                capacity,
+            )
+            return capacity
+        return wanted
+
+    async def _prepare(self, stop_requested: asyncio.Event) -> bool:
+        """Check the client and server, create the group, waiting out connection errors;
+        False if a stop was requested before Redis could be reached."""
+        backoff = self._new_backoff()
+        while not stop_requested.is_set():
+            try:
+                await self._prepare_once()
+                return True
+            except QueueConnectionError as exc:
+                self._record_connection_error(exc)
+                await backoff.sleep(stop_requested)
+        return False
+
+    async def _prepare_once(self) -> None:
+        if self._server is None:
+            check_redis_client(self.redis, block_ms=self.config.block_ms)
+            self._server = await server_info(self.redis)
+            if self._server.persistence == "none":
+                _log.warning(
+                    "Redis persistence is off: a restart loses the stream and its consumer "
+                    "groups (enable appendonly for durable queues)"
+                )
+        await self._streams.ensure_group(self.config.start_id)
+        self._prepared = True
+
+    async def _prepare_manual(self) -> None:
+        if not self._prepared:
+            await self._prepare_once()
+
+    async def _read_loop(self, work: asyncio.Queue[Delivery | None], limit: int) -> None:
+        """Fill free capacity: own pending entries first (at start, after reconnects),
+        then new ones, in batches sized to what is free."""
+        backoff = self._new_backoff()
+        cursor: str | None = "0"
+        while True:
+            free = await self._wait_for_capacity(limit)
+            await self._wait_for_database()
+            try:
+                if cursor is not None:
+                    deliveries = await self._streams.read_own_pending(cursor, free)
+                    cursor = deliveries[-1].id if deliveries else None
+                    deliveries = [d for d in deliveries if d.id not in self._outstanding]
+                else:
+                    deliveries = await self._streams.read_new(free, self.config.block_ms)
+            except QueueConnectionError as exc:
+                self._record_connection_error(exc)
+                await backoff.sleep()
+                cursor = "0"
+                continue
+            except ConsumerGroupMissingError as exc:
+                if not await self._group_missing(exc):
+                    return self._fail(exc)
+                cursor = "0"
+                continue
+            backoff.reset()
+            self._enqueue(work, deliveries)
+
+    async def _claim_loop(
+        self,
+        work: asyncio.Queue[Delivery | None],
+        limit: int,
+        min_idle_ms: int,
+        interval_ms: int,
+        count: int,
+    ) -> None:
+        """Follow an XAUTOCLAIM cursor through the whole pending list, pausing
+        ``interval_ms`` after each complete pass (or when at capacity)."""
+        backoff = self._new_backoff()
+        cursor = "0-0"
+        while True:
+            await self._wait_for_database()
+            free = min(limit - len(self._outstanding), count)
+            if free > 0:
+                try:
+                    result = await self._streams.claim_idle(min_idle_ms, cursor, free)
+                except QueueConnectionError as exc:
+                    self._record_connection_error(exc)
+                    await backoff.sleep()
+                    continue
+                except ConsumerGroupMissingError as exc:
+                    if not await self._group_missing(exc):
+                        return self._fail(exc)
+                    continue
+                backoff.reset()
+                cursor = result.next_cursor
+                await self._report_deleted(result.deleted_ids)
+                fresh = [d for d in result.deliveries if d.id not in self._outstanding]
+                self._count_claimed(len(fresh))
+                self._enqueue(work, fresh)
+                if cursor != "0-0":
+                    continue
+                await self._update_lag()
+            await asyncio.sleep(interval_ms / 1000)
+
+    async def _work_loop(
+        self,
+        work: asyncio.Queue[Delivery | None],
+        process: Callable[[Delivery], Awaitable[None]],
+        draining: Callable[[], bool],
+    ) -> None:
+        while not draining():
+            delivery = await work.get()
+            if delivery is None or draining():
+                return  # unstarted entries stay pending and are handed back
+            try:
+                await process(delivery)
+            finally:
+                self._outstanding.discard(delivery.id)
+                self._metrics.set("in_flight", len(self._outstanding), *self._labels)
+                assert self._slots_freed is not None
+                self._slots_freed.set()
+
+    async def _wait_for_capacity(self, limit: int) -> int:
+        """Wait until a worthwhile batch (a quarter of the read-ahead) can be read."""
+        slots_freed = self._slots_freed
+        assert slots_freed is not None
+        batch = max(1, limit // 4)
+        while limit - len(self._outstanding) < batch:
+            slots_freed.clear()
+            await slots_freed.wait()
+        return limit - len(self._outstanding)
+
+    def _enqueue(self, work: asyncio.Queue[Delivery | None], deliveries: list[Delivery]) -> None:
+        self._counters.received += len(deliveries)
+        for delivery in deliveries:
+            self._outstanding.add(delivery.id)
+            work.put_nowait(delivery)
+        self._metrics.set("in_flight", len(self._outstanding), *self._labels)
+
+    # -- one message ---------------------------------------------------------------
+
+    def _processor(
+        self, handler: DbHandler | Handler, engine: AsyncEngine | None
+    ) -> Callable[[Delivery], Awaitable[None]]:
+        return lambda delivery: self._process(delivery, handler, engine)
+
+    async def _process(
+        self, delivery: Delivery, handler: DbHandler | Handler, engine: AsyncEngine | None
+    ) -> None:
+        message = await self._admit(delivery)
+        if message is None:
+            return
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.config.handler_timeout):
+                duplicate = await self._invoke(message, handler, engine)
+        except DatabaseDisconnectError as exc:
+            await self._database_unavailable(delivery, exc)
+            return
+        except Exception as exc:
+            await self._handler_failed(delivery, exc)
+            return
+        finally:
+            self._metrics.observe("handler_seconds", time.perf_counter() - started, *self._labels)
+        self._db_backoff.reset()
+        if duplicate:
+            self._counters.duplicates += 1
+            self._metrics.inc("messages", *self._labels, "duplicate")
+        assert self._acks is not None
+        self._acks.add(delivery.id)
+
+    async def _invoke(
+        self, message: QueueMessage[Any], handler: DbHandler | Handler, engine: AsyncEngine | None
+    ) -> bool:
+        """Run the handler (in a transaction when there is an engine); True if the inbox
+        recognised the message as already processed."""
+        if engine is None:
+            await cast(Handler, handler)(message)
+            return False
+        async with DbSession(
+            engine, operation=f"consume:{self.config.stream_key}", registry=self._registry
+        ) as session:
+            if self._inbox is not None and not await self._inbox.record(
+                session, self.config.consumer_group, message
+            ):
+                return True
+            await cast(DbHandler, handler)(message, session)
+        return False
+
+    async def _database_unavailable(self, delivery: Delivery, exc: Exception) -> None:
+        """The database, not the message, failed: keep the entry pending without spending
+        one of its deliveries, and slow this worker down until the database is back."""
+        self._counters.failed += 1
+        self._metrics.inc("messages", *self._labels, "failed")
+        _log.warning("database unavailable while handling %s: %s", delivery.id, exc)
+        try:
+            await self._streams.release(delivery)
+        except QueueError as release_error:
+            _log.warning("could not release %s: %s", delivery.id, release_error)
+        self._database_retry_at = time.monotonic() + self._db_backoff.next_delay()
+
+    async def _wait_for_database(self) -> None:
+        """Hold back new reads while the database is failing (see _database_unavailable)."""
+        delay = self._database_retry_at - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    async def _handler_failed(self, delivery: Delivery, exc: Exception) -> None:
+        self._counters.failed += 1
+        self._metrics.inc("messages", *self._labels, "failed")
+        error = f"{type(exc).__name__}: {exc}"
+        self._remember_error(delivery.id, error)
+        _log.warning(
+            "handler failed for %s %s (delivery %d): %s",
+            self.config.stream_key,
+            delivery.id,
+            delivery.delivery_count,
+            error,
+            exc_info=not isinstance(exc, TimeoutError),
+        )
+        if isinstance(exc, CommitOutcomeUnknownError):
+            return  # it may have committed: redeliver (an inbox makes that safe), never DLQ
+        limit = self.config.max_deliveries
+        if limit is not None and delivery.delivery_count >= limit:
+            await self._dead_letter(delivery, DeadLetterReason.HANDLER_FAILED, error)
+        elif self.config.stop_on_error:
+            self._fail(exc)
+
+    async def _admit(self, delivery: Delivery) -> QueueMessage[Any] | None:
+        """Decode a delivery, or dead-letter it (poison, deleted, delivered too often)."""
+        config = self.config
+        if not delivery.fields:
+            await self._dead_letter(
+                delivery, DeadLetterReason.DELETED, "entry was deleted or trimmed while pending"
+            )
+            return None
+        if delivery.size > config.max_message_bytes:
+            await self._dead_letter(
+                delivery,
+                DeadLetterReason.TOO_LARGE,
+                f"entry is {delivery.size} bytes, over the limit of {config.max_message_bytes}",
+            )
+            return None
+        try:
+            payload = config.codec.decode(delivery.fields)
+        except MessageDecodeError as exc:
+            await self._dead_letter(delivery, DeadLetterReason.UNDECODABLE, str(exc))
+            return None
+        if config.max_deliveries is not None and delivery.delivery_count > config.max_deliveries:
+            error = self._last_errors.get(delivery.id, "last error not known to this consumer")
+            await self._dead_letter(delivery, DeadLetterReason.MAX_DELIVERIES, error)
+            return None
+        return QueueMessage(
+            id=delivery.id,
+            stream=config.stream_key,
+            group=config.consumer_group,
+            payload=payload,
+            delivery_count=delivery.delivery_count,
+            fields=delivery.fields,
+        )
+
+    async def _dead_letter(self, delivery: Delivery, reason: DeadLetterReason, error: str) -> None:
+        fields = dead_letter_fields(
+            stream=self.config.stream_key,
+            entry_id=delivery.id,
+            group=self.config.consumer_group,
+            consumer=self.config.consumer_name,
+            deliveries=delivery.delivery_count,
+            reason=reason,
+            error=error,
+            original=delivery.fields,
+        )
+        try:
+            await self._streams.dead_letter(self.config.dead_letters, fields, delivery.id)
+        except QueueError as exc:
+            _log.error(
+                "could not dead-letter %s (%s); it stays pending: %s",
+                delivery.id,
+                reason.value,
+                exc,
+            )
+            return
+        self._last_errors.pop(delivery.id, None)
+        if reason is DeadLetterReason.DELETED:
+            self._counters.deleted_while_pending += 1
+            self._metrics.inc("messages", *self._labels, "deleted")
+        else:
+            self._counters.dead_lettered += 1
+            self._metrics.inc("messages", *self._labels, "dead_lettered")
+        _log.warning(
+            "dead-lettered %s %s: %s (%s)", self.config.stream_key, delivery.id, reason.value, error
+        )
+
+    async def _report_deleted(self, ids: list[str]) -> None:
+        """Entries XAUTOCLAIM found deleted: Redis already dropped them from the pending
+        list; leave a tombstone in the dead-letter stream so they are not lost silently."""
+        for entry_id in ids:
+            await self._dead_letter(
+                Delivery(entry_id, {}, 0),
+                DeadLetterReason.DELETED,
+                "entry was deleted or trimmed while pending",
+            )
+
+    # -- bookkeeping -----------------------------------------------------------------
+
+    async def _with_group(self, call: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        """Run a stream command for the manual API, applying the missing-group policy."""
+        try:
+            return await call(*args)
+        except ConsumerGroupMissingError as exc:
+            if not await self._group_missing(exc):
+                raise
+            return await call(*args)
+
+    async def _group_missing(self, exc: ConsumerGroupMissingError) -> bool:
+        """Apply ``on_missing_group``; True if the group was recreated."""
+        if self.config.on_missing_group == "fail":
+            _log.error("consumer group missing and on_missing_group='fail': %s", exc)
+            return False
+        _log.error(
+            "consumer group %r on %r vanished (Redis restarted without persistence, or the "
+            "group was destroyed); recreating it from %r",
+            self.config.consumer_group,
+            self.config.stream_key,
+            self.config.start_id,
+        )
+        await self._streams.ensure_group(self.config.start_id)
+        self._counters.groups_recreated += 1
+        self._metrics.inc("groups_recreated", *self._labels)
+        return True
+
+    async def _hand_back_unfinished(self) -> None:
+        """Entries still pending for this consumer and not being acked (read ahead and
+        never started, or lost in a cancelled read) become claimable by others now."""
+        try:
+            pending = [
+                entry
+                for entry in await self._streams.own_pending(10_000)
+                if entry.id not in self._last_errors  # failed here: retried after min idle
+            ]
+            if pending:
+                await self._streams.hand_back(pending)
+        except QueueError as exc:
+            _log.warning("could not hand back unfinished entries: %s", exc)
+            return
+        self._counters.handed_back += len(pending)
+        if pending:
+            _log.info("handed back %d unfinished entries", len(pending))
+
+    async def _update_lag(self) -> None:
+        if not self._metrics.enabled:
+            return
+        try:
+            with redis_errors("XINFO GROUPS", self.config.stream_key):
+                groups = await self.redis.xinfo_groups(self.config.stream_key)
+        except QueueError:
+            return
+        for group in groups:
+            name = group.get("name")
+            if name in (self.config.consumer_group, self.config.consumer_group.encode()):
+                lag = group.get("lag")
+                if lag is not None:
+                    self._metrics.set("lag", float(lag), *self._labels)
+
+    def _fail(self, exc: BaseException) -> None:
+        """Stop the loop; ``run`` raises ``exc`` after draining."""
+        if self._failure is None:
+            self._failure = exc
+        self.stop()
+
+    def _remember_error(self, entry_id: str, error: str) -> None:
+        self._last_errors[entry_id] = error
+        self._last_errors.move_to_end(entry_id)
+        while len(self._last_errors) > _REMEMBERED_ERRORS:
+            self._last_errors.popitem(last=False)
+
+    def _record_acks(self, sent: int, acked: int, seconds: float) -> None:
+        self._counters.acked += sent
+        self._metrics.inc("messages", *self._labels, "acked", amount=sent)
+        self._metrics.observe("ack_seconds", seconds, *self._labels)
+
+    def _record_connection_error(self, exc: QueueConnectionError) -> None:
+        self._counters.reconnects += 1
+        self._metrics.inc("reconnects", *self._labels)
+        _log.warning("Redis connection problem, backing off: %s", exc)
+
+    def _count_claimed(self, count: int) -> None:
+        if count:
+            self._counters.claimed += count
+            self._metrics.inc("claimed", *self._labels, amount=count)
+
+    def _new_backoff(self) -> Backoff:
+        return Backoff(self.config.reconnect_initial_delay, self.config.reconnect_max_delay)

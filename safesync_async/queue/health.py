@@ -1,0 +1,123 @@
+"""A stream health report: length, per-group lag and pending work, consumer idleness."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from .client import server_info
+from .errors import redis_errors
+from .models import entry_timestamp_ms
+
+__all__ = ["ConsumerHealth", "GroupHealth", "StreamHealth", "stream_health"]
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerHealth:
+    name: str
+    pending: int
+    idle_ms: int
+    inactive_ms: int | None  # Redis 7.2+: time since the last successful read
+
+
+@dataclass(frozen=True, slots=True)
+class GroupHealth:
+    name: str
+    pending: int
+    lag: int | None  # entries not yet delivered to the group (None: server cannot tell)
+    last_delivered_id: str
+    oldest_pending_id: str | None
+    oldest_pending_age_s: float | None  # since the oldest pending entry was added
+    max_delivery_count: int  # highest delivery count among the oldest pending entries
+    consumers: tuple[ConsumerHealth, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamHealth:
+    stream: str
+    exists: bool
+    length: int
+    first_id: str | None
+    last_id: str | None
+    groups: tuple[GroupHealth, ...]
+    dead_letters: int | None
+    persistence: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        """A short human-readable report."""
+        lines = [
+            f"stream {self.stream!r}: {self.length} entries, persistence={self.persistence}"
+            + (f", dead letters: {self.dead_letters}" if self.dead_letters is not None else "")
+        ]
+        for g in self.groups:
+            age = f"{g.oldest_pending_age_s:.1f}s" if g.oldest_pending_age_s is not None else "-"
+            lines.append(
+                f"  group {g.name!r}: lag={g.lag} pending={g.pending} oldest-pending-age={age} "
+                f"max-deliveries={g.max_delivery_count} consumers={len(g.consumers)}"
+            )
+            for c in g.consumers:
+                lines.append(f"    consumer {c.name!r}: pending={c.pending} idle={c.idle_ms}ms")
+        return "\n".join(lines)
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def stream_health(
+    redis: Redis, stream: str, *, dead_letter_stream: str | None = None, sample: int = 100
+) -> StreamHealth:
+    """Inspect ``stream`` (and its dead-letter stream, if named). ``sample`` bounds how many
+    of each group's oldest pending entries are read for delivery counts."""
+    persistence = (await server_info(redis)).persistence
+    with redis_errors("stream health", stream):
+        exists = bool(await redis.exists(stream))
+        dead = int(await redis.xlen(dead_letter_stream)) if dead_letter_stream else None
+        if not exists:
+            return StreamHealth(stream, False, 0, None, None, (), dead, persistence)
+        info = await redis.xinfo_stream(stream)
+        groups = []
+        for group in await redis.xinfo_groups(stream):
+            name = _text(group["name"])
+            consumers = tuple(
+                ConsumerHealth(
+                    _text(c["name"]), int(c["pending"]), int(c["idle"]), c.get("inactive")
+                )
+                for c in await redis.xinfo_consumers(stream, name)
+            )
+            oldest = await redis.xpending_range(stream, name, "-", "+", sample)
+            oldest_id = _text(oldest[0]["message_id"]) if oldest else None
+            age = (
+                max(0.0, time.time() - entry_timestamp_ms(oldest_id) / 1000)
+                if oldest_id is not None
+                else None
+            )
+            groups.append(
+                GroupHealth(
+                    name=name,
+                    pending=int(group["pending"]),
+                    lag=group.get("lag"),
+                    last_delivered_id=_text(group["last-delivered-id"]),
+                    oldest_pending_id=oldest_id,
+                    oldest_pending_age_s=age,
+                    max_delivery_count=max((int(r["times_delivered"]) for r in oldest), default=0),
+                    consumers=consumers,
+                )
+            )
+    first, last = info.get("first-entry"), info.get("last-entry")
+    return StreamHealth(
+        stream=stream,
+        exists=True,
+        length=int(info["length"]),
+        first_id=_text(first[0]) if first else None,
+        last_id=_text(last[0]) if last else None,
+        groups=tuple(groups),
+        dead_letters=dead,
+        persistence=persistence,
+    )

@@ -1,0 +1,192 @@
+"""QueueProducer: add entries to a stream (one, or many pipelined) and trim it safely."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any, cast
+
+from redis.asyncio import Redis
+
+from ..errors import ConfigurationError, QueueError, UnsafeOperationError
+from ..metrics import DEFAULT_REGISTRY, RegistryArg, metrics_for
+from .codec import Codec, JsonCodec
+from .errors import redis_errors
+from .models import IDEMPOTENCY_KEY_FIELD
+
+__all__ = ["QueueProducer", "safe_trim_boundary"]
+
+_log = logging.getLogger("safesync_async.queue.producer")
+_PAGE = 1_000
+
+
+class QueueProducer:
+    """Publishes payloads to ``stream_key`` with a codec (JSON in field ``data`` by default,
+    readable by the seed library's consumers).
+
+    Trimming is explicit and safe: :meth:`trim` never removes an entry that some consumer
+    group has not acknowledged yet (pending, or not delivered at all).
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        stream_key: str,
+        *,
+        codec: Codec[Any] | None = None,
+        registry: RegistryArg = DEFAULT_REGISTRY,
+    ) -> None:
+        if not isinstance(stream_key, str) or not stream_key:
+            raise ConfigurationError("stream_key must be a non-empty string")
+        self.redis = redis
+        self.stream_key = stream_key
+        self._codec: Codec[Any] = codec if codec is not None else JsonCodec()
+        self._metrics = metrics_for(registry)
+
+    def fields_for(
+        self,
+        payload: Any,
+        *,
+        idempotency_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> dict[bytes, bytes]:
+        """The entry fields for ``payload``: codec output, idempotency key, extra headers."""
+        fields = self._codec.encode(payload)
+        if idempotency_key is not None:
+            fields[IDEMPOTENCY_KEY_FIELD] = idempotency_key.encode("utf-8")
+        for name, value in (headers or {}).items():
+            key = name.encode("utf-8")
+            if key in fields:
+                raise ConfigurationError(f"header {name!r} collides with a payload field")
+            fields[key] = value.encode("utf-8")
+        return fields
+
+    async def publish(
+        self,
+        payload: Any,
+        *,
+        idempotency_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> str:
+        """Add one entry; returns its id."""
+        fields = self.fields_for(payload, idempotency_key=idempotency_key, headers=headers)
+        with redis_errors("XADD", self.stream_key):
+            entry_id = await self.redis.xadd(self.stream_key, cast(Any, fields))
+        self._metrics.inc("published", self.stream_key)
+        return _text(entry_id)
+
+    async def publish_batch(self, payloads: Iterable[Any], *, chunk_size: int = 500) -> list[str]:
+        """Add many entries with pipelined XADDs (one round trip per ``chunk_size``);
+        returns their ids in order. Not atomic: on an error, the ids added so far are
+        lost to the caller, so give entries idempotency keys if you may retry."""
+        if chunk_size < 1:
+            raise ConfigurationError("chunk_size must be >= 1")
+        ids: list[str] = []
+        chunk: list[dict[bytes, bytes]] = []
+        for payload in payloads:
+            chunk.append(self.fields_for(payload))
+            if len(chunk) >= chunk_size:
+                ids.extend(await self._add_many(chunk))
+                chunk = []
+        if chunk:
+            ids.extend(await self._add_many(chunk))
+        return ids
+
+    async def add_fields(self, entries: Iterable[Mapping[bytes, bytes]]) -> list[str]:
+        """Add ready-made field maps (e.g. replayed dead letters), pipelined."""
+        return await self._add_many([dict(e) for e in entries])
+
+    async def _add_many(self, entries: list[dict[bytes, bytes]]) -> list[str]:
+        if not entries:
+            return []
+        with redis_errors("XADD (pipelined)", self.stream_key):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for fields in entries:
+                    pipe.xadd(self.stream_key, cast(Any, fields))
+                replies = await pipe.execute()
+        self._metrics.inc("published", self.stream_key, amount=len(replies))
+        return [_text(r) for r in replies]
+
+    async def trim(self, max_length: int, *, strict: bool = False) -> int:
+        """Remove the oldest entries beyond ``max_length``, but only entries every group
+        has acknowledged; returns how many were removed.
+
+        When some of those entries are still pending or undelivered, the trim stops
+        short of them (and logs it); with ``strict=True`` it raises
+        :class:`UnsafeOperationError` instead and removes nothing. Call it periodically:
+        it reads the ids it is about to drop, which is cheap for routine trims.
+        """
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 0:
+            raise ConfigurationError("max_length must be an int >= 0")
+        with redis_errors("XLEN", self.stream_key):
+            length = int(await self.redis.xlen(self.stream_key))
+        excess = length - max_length
+        if excess <= 0:
+            return 0
+        cut = await self._id_after_oldest(excess)  # first entry a plain MAXLEN trim keeps
+        if cut is None:
+            return 0
+        safe = await safe_trim_boundary(self.redis, self.stream_key)
+        boundary = cut
+        if safe is not None and _id_key(safe) < _id_key(cut):
+            if strict:
+                raise UnsafeOperationError(
+                    f"trimming {self.stream_key!r} to {max_length} entries would drop entries "
+                    f"not yet acknowledged (oldest unacknowledged: {safe}); nothing removed"
+                )
+            _log.info("trim of %r stops at %s: it is not acknowledged yet", self.stream_key, safe)
+            boundary = safe
+        with redis_errors("XTRIM", self.stream_key):
+            return int(await self.redis.xtrim(self.stream_key, minid=boundary, approximate=False))
+
+    async def _id_after_oldest(self, count: int) -> str | None:
+        """The id of the entry that follows the ``count`` oldest ones (None: no such entry)."""
+        start = "-"
+        remaining = count
+        while True:
+            page = min(remaining + 1, _PAGE)
+            with redis_errors("XRANGE", self.stream_key):
+                rows = await self.redis.xrange(self.stream_key, min=start, count=page)
+            if not rows:
+                return None
+            if remaining < len(rows):
+                return _text(rows[remaining][0])
+            remaining -= len(rows)
+            start = "(" + _text(rows[-1][0])
+
+
+async def safe_trim_boundary(redis: Redis, stream: str) -> str | None:
+    """The smallest id some group still needs (oldest pending, or first undelivered);
+    entries below it are acknowledged by every group. ``None`` if the stream has no group."""
+    with redis_errors("XINFO GROUPS", stream):
+        groups = await redis.xinfo_groups(stream)
+    boundary: str | None = None
+    for group in groups:
+        name = group["name"]
+        if int(group.get("pending") or 0) > 0:
+            with redis_errors("XPENDING", stream):
+                summary = await redis.xpending(stream, name)
+            needed = _text(summary["min"])
+        else:
+            needed = _successor(_text(group["last-delivered-id"]))
+        if boundary is None or _id_key(needed) < _id_key(boundary):
+            boundary = needed
+    return boundary
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _successor(entry_id: str) -> str:
+    ms, seq = _id_key(entry_id)
+    return f"{ms}-{seq + 1}"
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, str):
+        return value
+    raise QueueError(f"unexpected Redis reply {value!r}")
