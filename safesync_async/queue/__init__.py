@@ -8,7 +8,9 @@ from .config import QueueConfig
 from .consumer import ConsumerStatistics, QueueConsumer
 from .dead_letters import DeadLetter, DeadLetterReason, parse_dead_letter
 from .health import ConsumerHealth, GroupHealth, StreamHealth, stream_health
+from .inbox import Inbox
 from .models import QueueMessage
+from .outbox import Outbox, OutboxRelay, OutboxStatus
 from .producer import QueueProducer
 from .signals import install_signal_handlers
 
@@ -19,7 +21,11 @@ __all__ = [
     "DeadLetter",
     "DeadLetterReason",
     "GroupHealth",
+    "Inbox",
     "JsonCodec",
+    "Outbox",
+    "OutboxRelay",
+    "OutboxStatus",
     "QueueConfig",
     "QueueConsumer",
     "QueueMessage",

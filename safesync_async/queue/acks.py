@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from .._failpoints import failpoint
 from ..errors import QueueConnectionError
 from .backoff import Backoff
 from .streams import GroupStream
@@ -68,7 +69,9 @@ class AckBatcher:
         ids, self._ids = self._ids, []
         started = time.perf_counter()
         try:
+            failpoint("ack.before")
             acked = await self._streams.ack(ids)
+            failpoint("ack.after")
         except QueueConnectionError as exc:
             self._ids[:0] = ids
             self._on_connection_error(exc)

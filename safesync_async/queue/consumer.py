@@ -15,6 +15,7 @@ import anyio.abc
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from .._failpoints import failpoint
 from .._shield import run_to_completion
 from ..db.session import DbSession
 from ..errors import (
@@ -578,6 +579,8 @@ class QueueConsumer:
         return limit - len(self._outstanding)
 
     def _enqueue(self, work: asyncio.Queue[Delivery | None], deliveries: list[Delivery]) -> None:
+        if deliveries:
+            failpoint("consumer.after_fetch")
         self._counters.received += len(deliveries)
         for delivery in deliveries:
             self._outstanding.add(delivery.id)
@@ -610,6 +613,7 @@ class QueueConsumer:
         finally:
             self._metrics.observe("handler_seconds", time.perf_counter() - started, *self._labels)
         self._db_backoff.reset()
+        failpoint("consumer.after_commit")
         if duplicate:
             self._counters.duplicates += 1
             self._metrics.inc("messages", *self._labels, "duplicate")
@@ -631,7 +635,9 @@ class QueueConsumer:
                 session, self.config.consumer_group, message
             ):
                 return True
+            failpoint("consumer.in_handler")
             await cast(DbHandler, handler)(message, session)
+            failpoint("consumer.before_commit")
         return False
 
     async def _database_unavailable(self, delivery: Delivery, exc: Exception) -> None:
@@ -718,7 +724,9 @@ class QueueConsumer:
             original=delivery.fields,
         )
         try:
+            failpoint("dead_letter.before")
             await self._streams.dead_letter(self.config.dead_letters, fields, delivery.id)
+            failpoint("dead_letter.after")
         except QueueError as exc:
             _log.error(
                 "could not dead-letter %s (%s); it stays pending: %s",
