@@ -10,8 +10,10 @@ import logging
 
 from .db import (
     AdvisoryLock,
+    ConnectionLease,
     DbSession,
     RowLock,
+    create_engine,
     insert_idempotent,
     lock_name,
     occ_update,
@@ -85,6 +87,7 @@ __all__ = [
     "Codec",
     "CommitOutcomeUnknownError",
     "ConfigurationError",
+    "ConnectionLease",
     "ConsumerGroupMissingError",
     "ConsumerHealth",
     "ConsumerStatistics",
@@ -129,6 +132,7 @@ __all__ = [
     "UnsafeOperationError",
     "VersionConflictError",
     "check_redis_client",
+    "create_engine",
     "create_redis_client",
     "insert_idempotent",
     "install_signal_handlers",

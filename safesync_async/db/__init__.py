@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from .engine import create_engine
 from .idempotent import insert_idempotent
+from .lease import ConnectionLease
 from .locking import AdvisoryLock, RowLock, lock_name
 from .occ import occ_update
 from .retry import retry_transaction
@@ -10,8 +12,10 @@ from .session import DbSession
 
 __all__ = [
     "AdvisoryLock",
+    "ConnectionLease",
     "DbSession",
     "RowLock",
+    "create_engine",
     "insert_idempotent",
     "lock_name",
     "occ_update",

@@ -9,15 +9,18 @@ import functools
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import CursorResult
+from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Dialect as SADialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql import Executable
+from sqlalchemy.util import greenlet_spawn
 
 from .._shield import run_to_completion
 from ..errors import (
@@ -29,7 +32,9 @@ from ..errors import (
     SessionStateError,
 )
 from ..metrics import DEFAULT_REGISTRY, RegistryArg, metrics_for
-from .dialects import ClassifiedError, Dialect, ErrorKind, dialect_for
+from .dialects import ClassifiedError, Dialect, DirectExecutor, ErrorKind, dialect_for
+from .lease import ConnectionLease
+from .rows import Rows
 
 __all__ = ["DbSession", "Params", "Statement"]
 
@@ -47,9 +52,18 @@ class _State(enum.Enum):
     CLOSED = "closed"
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=2048)
 def _text(sql: str) -> sa.TextClause:
     return sa.text(sql)
+
+
+@functools.lru_cache(maxsize=2048)
+def _compiled_text(sql: str, dialect: SADialect) -> tuple[str, tuple[str, ...] | None]:
+    """SQL text with ``:name`` parameters compiled for the driver: the query string and,
+    for positional paramstyles, the parameter names in order (None: pass a dict)."""
+    compiled = _text(sql).compile(dialect=dialect)
+    names = tuple(compiled.positiontup) if compiled.positiontup is not None else None
+    return compiled.string, names
 
 
 def _executable(statement: Statement) -> Executable:
@@ -83,10 +97,13 @@ class DbSession:
     * **Commit outcome.** If COMMIT was sent and no answer arrived (disconnect or
       ``cleanup_timeout``), :class:`CommitOutcomeUnknownError` is raised.
 
+    SQL text runs straight on the driver connection (compiled once per distinct
+    text); SQLAlchemy constructs run through SQLAlchemy. Both share the transaction.
     A DbSession is single-use and is not safe to share between tasks.
 
     Args:
-        engine: an :class:`~sqlalchemy.ext.asyncio.AsyncEngine` (MySQL or MariaDB).
+        engine: an :class:`~sqlalchemy.ext.asyncio.AsyncEngine` (MySQL or MariaDB);
+            :func:`safesync_async.create_engine` makes one tuned for sessions.
         isolation_level: isolation of this transaction only, e.g. ``"READ COMMITTED"``.
         lock_timeout: server-side row lock wait bound in seconds (MySQL rounds up to
             whole seconds). Restored before the connection returns to the pool.
@@ -94,6 +111,8 @@ class DbSession:
         cleanup_timeout: bound in seconds on each cleanup statement (COMMIT,
             ROLLBACK, lock release).
         registry: Prometheus registry; ``None`` disables metrics.
+        lease: take the connection from a :class:`ConnectionLease` (and leave it there)
+            instead of the pool, for tasks that run many short sessions in a row.
     """
 
     def __init__(
@@ -105,15 +124,19 @@ class DbSession:
         operation: str = "default",
         cleanup_timeout: float = 30.0,
         registry: RegistryArg = DEFAULT_REGISTRY,
+        lease: ConnectionLease | None = None,
     ) -> None:
         if not isinstance(engine, AsyncEngine):
             raise ConfigurationError(
                 f"DbSession needs a sqlalchemy AsyncEngine, got {type(engine).__name__}; "
-                "create one with sqlalchemy.ext.asyncio.create_async_engine()"
+                "create one with safesync_async.create_engine()"
             )
         _check_seconds("lock_timeout", lock_timeout, allow_none=True)
         _check_seconds("cleanup_timeout", cleanup_timeout, allow_none=False)
+        if lease is not None and lease.engine is not engine:
+            raise ConfigurationError("the ConnectionLease belongs to another engine")
         self._engine = engine
+        self._lease = lease
         self._dialect: Dialect = dialect_for(engine.dialect)
         self._setup_sql: list[str] = []
         self._restore_sql: str | None = None
@@ -126,11 +149,15 @@ class DbSession:
         self._cleanup_timeout = cleanup_timeout
         self._metrics = metrics_for(registry)
         self._state = _State.NEW
-        self._conn: AsyncConnection | None = None
+        self._fairy: PoolProxiedConnection | None = None
+        self._sa_conn: AsyncConnection | None = None
+        self._direct: DirectExecutor | None = None
+        self._direct_used = False
         self._server_session_id: int | None = None
         self._failure: DatabaseError | None = None
         self._transaction_lost = False
         self._interrupted = False
+        self._broken = False
         self._busy = False
         self._holds_named_locks = False
         self._started = 0.0
@@ -146,18 +173,22 @@ class DbSession:
         self._state = _State.ACTIVE
         self._started = time.perf_counter()
         try:
-            self._conn = await self._engine.connect()
-        except sa_exc.SQLAlchemyError as exc:
+            # The pool's own checkout (events, liveness checks) without a SQLAlchemy
+            # Connection: one is built only if a SQLAlchemy construct is executed.
+            if self._lease is not None:
+                self._fairy = await self._lease.checkout()
+            else:
+                self._fairy = await greenlet_spawn(self._engine.sync_engine.raw_connection)
+        except Exception as exc:
             self._state = _State.CLOSED
-            raise self._dialect.build_error(self._dialect.classify_exception(exc)) from exc
+            raise self._dialect.build_error(self._classify(exc)) from exc
         except BaseException:
             self._state = _State.CLOSED
             raise
         try:
-            raw = await self._conn.get_raw_connection()
-            self._server_session_id = self._dialect.server_session_id(raw.driver_connection)
+            self._server_session_id, self._direct = self._driver_state(self._fairy)
             for sql in self._setup_sql:
-                await self._run(lambda c, s=sql: c.exec_driver_sql(s))  # type: ignore[misc]
+                await self._execute(sql)
         except BaseException:
             await run_to_completion(self._finish(body_failed=True))
             raise
@@ -181,35 +212,28 @@ class DbSession:
         SQLAlchemy's MySQL dialects set CLIENT_FOUND_ROWS, so an UPDATE that
         leaves a row unchanged still counts it.
         """
-        result = await self._execute(sql, params)
-        count = result.rowcount
-        result.close()
-        return count
+        return (await self._execute(sql, params)).rowcount
 
     async def fetch_one(self, sql: Statement, params: Params = None) -> dict[str, Any] | None:
         """Return the only row as a dict, ``None`` if there is none.
 
         Raises :class:`MultipleRowsError` if the query returns more than one row.
         """
-        result = await self._execute(sql, params)
-        rows = result.mappings().fetchmany(2)
-        result.close()
+        rows = (await self._execute(sql, params)).dicts(limit=2)
         if len(rows) > 1:
             raise MultipleRowsError(
                 "fetch_one expected at most one row and got more; narrow the WHERE "
                 "clause or use fetch_all"
             )
-        return dict(rows[0]) if rows else None
+        return rows[0] if rows else None
 
     async def fetch_all(self, sql: Statement, params: Params = None) -> list[dict[str, Any]]:
         """Return every row as a list of dicts."""
-        result = await self._execute(sql, params)
-        return [dict(row) for row in result.mappings().all()]
+        return (await self._execute(sql, params)).dicts()
 
     async def execute_scalar(self, sql: Statement, params: Params = None) -> Any:
         """Return the first column of the first row, or ``None`` if there is no row."""
-        result = await self._execute(sql, params)
-        return result.scalar()
+        return (await self._execute(sql, params)).scalar()
 
     @property
     def connection(self) -> AsyncConnection:
@@ -218,12 +242,13 @@ class DbSession:
         Statements run on it directly bypass the rollback-only bookkeeping; do not
         commit or roll back through it.
         """
-        return self._usable()
+        self._usable()
+        return self._connection()
 
     @property
     def is_rollback_only(self) -> bool:
         """True once a statement has failed outside a savepoint."""
-        return self._failure is not None or self._interrupted
+        return self._failure is not None or self._interrupted or self._broken
 
     @contextlib.asynccontextmanager
     async def savepoint(self) -> AsyncIterator[None]:
@@ -234,22 +259,22 @@ class DbSession:
         transaction on the server (a deadlock, a lost connection) still makes the
         session rollback-only.
         """
-        nested = await self._run(lambda c: c.begin_nested())
+        nested = await self._guard(lambda: self._connection().begin_nested())
         try:
             yield
         except Exception:
-            if self._transaction_lost or self._interrupted:
+            if self._transaction_lost or self._interrupted or self._broken:
                 raise
             failure = self._failure
             self._failure = None
             try:
-                await run_to_completion(self._run(lambda c: nested.rollback()))
+                await run_to_completion(self._guard(nested.rollback))
             except BaseException:
                 self._failure = self._failure or failure
                 raise
             raise
         else:
-            await self._run(lambda c: nested.commit())
+            await self._guard(nested.commit)
 
     # -- internals used by the primitives -----------------------------------------
 
@@ -259,7 +284,7 @@ class DbSession:
         return self._dialect
 
     @property
-    def sa_dialect(self) -> sa.engine.Dialect:
+    def sa_dialect(self) -> SADialect:
         return self._engine.dialect
 
     def _note_named_lock(self) -> None:
@@ -277,50 +302,106 @@ class DbSession:
         *,
         nowait: bool = False,
         tolerate: ErrorKind | None = None,
-    ) -> CursorResult[Any]:
+    ) -> Rows:
+        """Run one statement with the session's error bookkeeping."""
+        direct = self._direct
+        if direct is not None and isinstance(sql, str):
+            query, names = _compiled_text(sql, self._engine.dialect)
+            args: Sequence[Any] | dict[str, Any]
+            if names is None:
+                args = dict(params or {})
+            else:
+                try:
+                    args = tuple([params[name] for name in names]) if names else ()  # type: ignore[index]
+                except (KeyError, TypeError) as exc:
+                    raise DatabaseError(
+                        f"missing value for a bind parameter of {sql!r}: {exc!r}"
+                    ) from None
+            self._direct_used = True
+            return await self._guard(
+                lambda: direct.execute(query, args), nowait=nowait, tolerate=tolerate, native=True
+            )
         statement = _executable(sql)
-        if params is None:
-            return await self._run(lambda c: c.execute(statement), nowait=nowait, tolerate=tolerate)
-        return await self._run(
-            lambda c: c.execute(statement, params), nowait=nowait, tolerate=tolerate
-        )
 
-    async def _run(
+        async def through_sqlalchemy() -> Rows:
+            conn = self._connection()
+            result = await (conn.execute(statement, params) if params else conn.execute(statement))
+            return Rows.from_result(result)
+
+        return await self._guard(through_sqlalchemy, nowait=nowait, tolerate=tolerate)
+
+    async def _guard(
         self,
-        call: Callable[[AsyncConnection], Awaitable[_T]],
+        call: Callable[[], Awaitable[_T]],
         *,
         nowait: bool = False,
         tolerate: ErrorKind | None = None,
+        native: bool = False,
     ) -> _T:
-        """Run one database call with the session's error bookkeeping."""
-        conn = self._usable()
+        """Run one database call: refuse it if the session cannot take it, classify
+        failures, and record what they mean for the transaction and the connection.
+        ``native`` says the call went to the driver directly rather than SQLAlchemy, so
+        any exception it raises is a driver error."""
+        self._usable()
         self._busy = True
         try:
-            return await call(conn)
-        except sa_exc.SQLAlchemyError as exc:
-            info = self._dialect.classify_exception(exc, nowait=nowait)
-            error = self._dialect.build_error(info)
-            self._record_failure(info, error, tolerate)
-            raise error from exc
+            return await call()
+        except Exception as exc:
+            if not native and not isinstance(exc, sa_exc.SQLAlchemyError):
+                raise
+            raise self._failed(self._classify(exc, nowait=nowait), tolerate) from exc
         except BaseException:
-            # Cancelled or timed out mid-statement: the reply may still be on the
-            # wire, so the connection cannot be trusted (SQLAlchemy invalidates it).
+            # Cancelled or timed out mid-statement: the reply may still be on the wire,
+            # so the connection cannot be trusted.
             self._interrupted = True
             raise
         finally:
             self._busy = False
 
-    def _record_failure(
-        self, info: ClassifiedError, error: DatabaseError, tolerate: ErrorKind | None
-    ) -> None:
+    def _classify(self, exc: Exception, *, nowait: bool = False) -> ClassifiedError:
+        """Classify an error from SQLAlchemy or from the driver itself."""
+        if isinstance(exc, sa_exc.SQLAlchemyError):
+            return self._dialect.classify_exception(exc, nowait=nowait)
+        return self._dialect.classify_driver_exception(exc, nowait=nowait)
+
+    def _failed(self, info: ClassifiedError, tolerate: ErrorKind | None) -> DatabaseError:
+        error = self._dialect.build_error(info)
+        if info.kind is ErrorKind.DISCONNECT:
+            self._broken = True
         if info.kind is tolerate and self._dialect.keeps_transaction_usable(info.kind):
-            return
+            return error
         self._fail(error)
         if self._dialect.aborts_transaction(info.kind):
             self._transaction_lost = True
+        return error
 
-    def _usable(self) -> AsyncConnection:
-        if self._state is not _State.ACTIVE or self._conn is None:
+    def _driver_state(
+        self, fairy: PoolProxiedConnection
+    ) -> tuple[int | None, DirectExecutor | None]:
+        """Server session id and direct executor of a pooled connection, kept with the
+        connection (``info`` lives as long as the DBAPI connection) to build them once."""
+        info = fairy.info
+        state = info.get("safesync_driver_state")
+        if state is None:
+            driver = fairy.driver_connection
+            state = info["safesync_driver_state"] = (
+                self._dialect.server_session_id(driver),
+                self._dialect.direct_executor(driver),
+            )
+        return state
+
+    def _connection(self) -> AsyncConnection:
+        """A SQLAlchemy connection over the session's pooled connection, made on first
+        use (for calls already admitted by :meth:`_guard`)."""
+        if self._sa_conn is None:
+            assert self._fairy is not None
+            self._sa_conn = AsyncConnection(
+                self._engine, Connection(self._engine.sync_engine, connection=self._fairy)
+            )
+        return self._sa_conn
+
+    def _usable(self) -> None:
+        if self._state is not _State.ACTIVE or self._fairy is None:
             raise SessionStateError(
                 "DbSession is not active; use it inside 'async with DbSession(engine) as s'"
             )
@@ -341,7 +422,6 @@ class DbSession:
                 errno=self._failure.errno,
                 sqlstate=self._failure.sqlstate,
             ) from self._failure
-        return self._conn
 
     # -- cleanup -----------------------------------------------------------------
 
@@ -353,15 +433,14 @@ class DbSession:
         commit.
         """
         self._state = _State.CLOSING
-        conn = self._conn
         outcome = "rolled_back"
         try:
-            if conn is None:
+            if self._fairy is None:
                 return
-            if self._interrupted or conn.invalidated:
-                await self._discard(conn, "interrupted" if self._interrupted else "disconnected")
+            if self._interrupted or self._broken or not self._connection_valid():
+                await self._discard("interrupted" if self._interrupted else "disconnected")
             elif body_failed or self._failure is not None:
-                await self._rollback(conn)
+                await self._rollback()
                 if not body_failed:
                     assert self._failure is not None
                     raise RollbackOnlyError(
@@ -372,16 +451,16 @@ class DbSession:
                     ) from self._failure
             else:
                 outcome = "commit_failed"
-                await self._commit(conn)
+                await self._commit()
                 outcome = "committed"
         except CommitOutcomeUnknownError:
             outcome = "commit_unknown"
             raise
         finally:
             try:
-                if conn is not None:
-                    await self._reset_connection(conn)
-                    await conn.close()
+                if self._fairy is not None:
+                    await self._reset_connection()
+                    await self._release()
             finally:
                 self._state = _State.CLOSED
                 self._metrics.inc("transactions", self._operation, outcome)
@@ -389,40 +468,66 @@ class DbSession:
                     "transaction_seconds", time.perf_counter() - self._started, self._operation
                 )
 
-    async def _commit(self, conn: AsyncConnection) -> None:
+    def _connection_valid(self) -> bool:
+        if self._sa_conn is not None and self._sa_conn.invalidated:
+            return False
+        return self._fairy is not None and self._fairy.is_valid
+
+    async def _release(self) -> None:
+        """Give the connection back to the pool (SQLAlchemy discards it if invalidated),
+        or to the lease."""
+        if self._lease is not None and self._fairy is not None:
+            await self._lease.release(self._fairy, self._sa_conn)
+        elif self._sa_conn is not None:
+            await self._sa_conn.close()
+        elif self._fairy is not None:
+            await greenlet_spawn(self._fairy.close)
+
+    async def _end_transaction(self, *, commit: bool) -> None:
+        """COMMIT or ROLLBACK through whichever layer holds the transaction."""
+        sa_conn = self._sa_conn
+        if sa_conn is not None and sa_conn.in_transaction():
+            await (sa_conn.commit() if commit else sa_conn.rollback())
+        elif self._direct is not None and self._direct_used:
+            await (self._direct.commit() if commit else self._direct.rollback())
+
+    async def _commit(self) -> None:
         try:
             async with asyncio.timeout(self._cleanup_timeout):
-                await conn.commit()
+                await self._end_transaction(commit=True)
         except TimeoutError as exc:
-            await self._discard(conn, "commit_unknown", kill=True)
+            self._interrupted = True
+            await self._discard("commit_unknown")
             raise CommitOutcomeUnknownError(
                 f"COMMIT got no answer within {self._cleanup_timeout} s; the transaction "
                 "may or may not have been committed"
             ) from exc
-        except sa_exc.SQLAlchemyError as exc:
-            info = self._dialect.classify_exception(exc)
-            if info.kind is ErrorKind.DISCONNECT or conn.invalidated:
-                await self._discard(conn, "commit_unknown")
+        except Exception as exc:
+            info = self._classify(exc)
+            if info.kind is ErrorKind.DISCONNECT or not self._connection_valid():
+                self._broken = True
+                await self._discard("commit_unknown")
                 raise CommitOutcomeUnknownError(
                     "the connection was lost during COMMIT; the transaction may or may not "
                     f"have been committed ({info.server_message})",
                     errno=info.errno,
                     sqlstate=info.sqlstate,
                 ) from exc
-            await self._rollback(conn)
+            await self._rollback()
             raise self._dialect.build_error(info) from exc
 
-    async def _rollback(self, conn: AsyncConnection) -> None:
+    async def _rollback(self) -> None:
         try:
             async with asyncio.timeout(self._cleanup_timeout):
-                await conn.rollback()
-        except (sa_exc.SQLAlchemyError, TimeoutError) as exc:
-            _log.warning("rollback failed, discarding the connection: %s", exc)
-            await self._discard(conn, "rollback_failed", kill=isinstance(exc, TimeoutError))
+                await self._end_transaction(commit=False)
+        except Exception as exc:
+            _log.warning("rollback failed, discarding the connection: %r", exc)
+            self._interrupted = self._interrupted or isinstance(exc, TimeoutError)
+            await self._discard("rollback_failed")
 
-    async def _reset_connection(self, conn: AsyncConnection) -> None:
+    async def _reset_connection(self) -> None:
         """Undo what the session changed on the connection, or discard it."""
-        if conn.invalidated:
+        if not self._connection_valid():
             return
         statements = []
         if self._holds_named_locks:
@@ -434,19 +539,29 @@ class DbSession:
         try:
             async with asyncio.timeout(self._cleanup_timeout):
                 for sql in statements:
-                    await conn.exec_driver_sql(sql)
-                await conn.rollback()
-        except (sa_exc.SQLAlchemyError, TimeoutError) as exc:
-            _log.warning("could not reset the connection, discarding it: %s", exc)
-            await self._discard(conn, "reset_failed", kill=True)
+                    if self._direct is not None:
+                        self._direct_used = True
+                        await self._direct.execute(sql, ())
+                    else:
+                        await self._connection().exec_driver_sql(sql)
+                await self._end_transaction(commit=False)
+        except Exception as exc:
+            _log.warning("could not reset the connection, discarding it: %r", exc)
+            self._interrupted = True
+            await self._discard("reset_failed")
 
-    async def _discard(self, conn: AsyncConnection, reason: str, *, kill: bool = False) -> None:
-        """Invalidate the connection; end its server session if it may still be busy."""
+    async def _discard(self, reason: str) -> None:
+        """Invalidate the connection; if a statement may still be running on the server
+        (the session was interrupted), end its server session from another connection."""
         self._metrics.inc("invalidations", reason)
-        if not conn.invalidated:
+        if self._connection_valid():
             with contextlib.suppress(Exception):
-                await conn.invalidate()
-        if (kill or self._interrupted) and self._server_session_id is not None:
+                if self._sa_conn is not None:
+                    await self._sa_conn.invalidate()
+                else:
+                    assert self._fairy is not None
+                    await greenlet_spawn(self._fairy.invalidate)
+        if self._interrupted and self._server_session_id is not None:
             await self._kill_server_session(self._server_session_id)
 
     async def _kill_server_session(self, session_id: int) -> None:

@@ -29,8 +29,12 @@ class QueueConfig:
             ``<hostname>-<pid>``.
         block_ms: how long one XREADGROUP waits for new entries.
         concurrency: handlers running at once (capped by the engine's pool size).
-        prefetch: entries read ahead beyond ``concurrency`` (``None``: as many as
-            ``concurrency``). Bounds memory together with ``max_message_bytes``.
+        prefetch: entries read ahead beyond what the workers hold (``None``: as many
+            as ``concurrency * batch_size``). Bounds memory with ``max_message_bytes``.
+        batch_size: batch mode when above 1 (with an engine): each worker handles up to
+            this many waiting messages in one transaction, with one COMMIT and one
+            XACK. A failing batch is rolled back and its messages handled one by one.
+            With an inbox, a batch redelivered after a crash is still applied once.
         start_id: where a newly created group starts; ``"0"`` consumes the backlog,
             ``"$"`` only new entries.
         max_deliveries: after this many failed deliveries an entry goes to the
@@ -62,6 +66,7 @@ class QueueConfig:
     block_ms: int = 5_000
     concurrency: int = 16
     prefetch: int | None = None
+    batch_size: int = 1
     start_id: str = "0"
     max_deliveries: int | None = 5
     dead_letter_stream: str | None = None
@@ -84,6 +89,7 @@ class QueueConfig:
                 raise ConfigurationError(f"QueueConfig.{name} must be a non-empty string")
         _positive_int("block_ms", self.block_ms, minimum=1)
         _positive_int("concurrency", self.concurrency, minimum=1)
+        _positive_int("batch_size", self.batch_size, minimum=1)
         _positive_int("claim_min_idle_ms", self.claim_min_idle_ms, minimum=0)
         _positive_int("claim_count", self.claim_count, minimum=1)
         _positive_int("max_message_bytes", self.max_message_bytes, minimum=1)
@@ -116,8 +122,9 @@ class QueueConfig:
         return self.dead_letter_stream or f"{self.stream_key}:dead"
 
     def read_ahead_limit(self, concurrency: int) -> int:
-        """Entries held at once (running plus prefetched) for an effective concurrency."""
-        return concurrency + (concurrency if self.prefetch is None else self.prefetch)
+        """Entries held at once (being handled plus prefetched) for a concurrency."""
+        held = concurrency * self.batch_size
+        return held + (held if self.prefetch is None else self.prefetch)
 
 
 def _positive_int(name: str, value: object, *, minimum: int) -> None:

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .._failpoints import failpoint
 from .._shield import run_to_completion
+from ..db.lease import ConnectionLease
 from ..db.session import DbSession
 from ..errors import (
     CommitOutcomeUnknownError,
@@ -141,6 +142,7 @@ class QueueConsumer:
         self._metrics = metrics_for(registry)
         self._registry = registry
         self._labels = (config.stream_key, config.consumer_group)
+        self._operation = f"consume:{config.stream_key}"
         self._counters = _Counters()
         self._last_errors: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._stop_requested: asyncio.Event | None = None
@@ -372,7 +374,6 @@ class QueueConsumer:
             stop_requested.set()
         concurrency = self._effective_concurrency(engine)
         limit = self.config.read_ahead_limit(concurrency)
-        process = self._processor(handler, engine)
         work: asyncio.Queue[Delivery | None] = asyncio.Queue()
         acks = self._acks = AckBatcher(
             self._streams,
@@ -392,7 +393,7 @@ class QueueConsumer:
                 if claim is not None:
                     feeders.append(tasks.create_task(self._claim_loop(work, limit, *claim)))
                 workers = [
-                    tasks.create_task(self._work_loop(work, process, lambda: draining))
+                    tasks.create_task(self._work_loop(work, handler, engine, lambda: draining))
                     for _ in range(concurrency)
                 ]
                 task_status.started()
@@ -553,20 +554,48 @@ class QueueConsumer:
     async def _work_loop(
         self,
         work: asyncio.Queue[Delivery | None],
-        process: Callable[[Delivery], Awaitable[None]],
+        handler: DbHandler | Handler,
+        engine: AsyncEngine | None,
         draining: Callable[[], bool],
     ) -> None:
-        while not draining():
-            delivery = await work.get()
-            if delivery is None or draining():
-                return  # unstarted entries stay pending and are handed back
-            try:
-                await process(delivery)
-            finally:
-                self._outstanding.discard(delivery.id)
-                self._metrics.set("in_flight", len(self._outstanding), *self._labels)
-                assert self._slots_freed is not None
-                self._slots_freed.set()
+        """One worker: messages one after another. While messages are waiting it keeps
+        its connection between them (saving the pool round trip; every session still
+        ends and resets it); when it runs out of work it gives the connection back."""
+        lease = ConnectionLease(engine) if engine is not None else None
+        try:
+            while not draining():
+                if lease is not None and work.empty():
+                    await lease.close()
+                first = await work.get()
+                if first is None or draining():
+                    return  # unstarted entries stay pending and are handed back
+                batch = self._take_batch(work, first)
+                try:
+                    if len(batch) == 1 or lease is None:
+                        for delivery in batch:
+                            await self._process(delivery, handler, lease)
+                    else:
+                        await self._process_batch(batch, handler, lease)
+                finally:
+                    for delivery in batch:
+                        self._outstanding.discard(delivery.id)
+                    self._metrics.set("in_flight", len(self._outstanding), *self._labels)
+                    assert self._slots_freed is not None
+                    self._slots_freed.set()
+        finally:
+            if lease is not None:
+                await lease.close()
+
+    def _take_batch(self, work: asyncio.Queue[Delivery | None], first: Delivery) -> list[Delivery]:
+        """``first`` plus whatever is already waiting, up to ``batch_size``."""
+        batch = [first]
+        while len(batch) < self.config.batch_size and not work.empty():
+            item = work.get_nowait()
+            if item is None:
+                work.put_nowait(None)  # another worker's stop signal: leave it
+                break
+            batch.append(item)
+        return batch
 
     async def _wait_for_capacity(self, limit: int) -> int:
         """Wait until a worthwhile batch (a quarter of the read-ahead) can be read."""
@@ -589,21 +618,86 @@ class QueueConsumer:
 
     # -- one message ---------------------------------------------------------------
 
-    def _processor(
-        self, handler: DbHandler | Handler, engine: AsyncEngine | None
-    ) -> Callable[[Delivery], Awaitable[None]]:
-        return lambda delivery: self._process(delivery, handler, engine)
-
     async def _process(
-        self, delivery: Delivery, handler: DbHandler | Handler, engine: AsyncEngine | None
+        self, delivery: Delivery, handler: DbHandler | Handler, lease: ConnectionLease | None
     ) -> None:
         message = await self._admit(delivery)
-        if message is None:
+        if message is not None:
+            await self._process_admitted(delivery, message, handler, lease)
+
+    async def _process_batch(
+        self, batch: list[Delivery], handler: DbHandler | Handler, lease: ConnectionLease
+    ) -> None:
+        """Batch mode: all messages in one transaction, one COMMIT, acks together. If the
+        batch fails, it is rolled back and its messages are handled one by one, so one
+        bad message costs the batch a retry, not the others their delivery."""
+        admitted = []
+        for delivery in batch:
+            message = await self._admit(delivery)
+            if message is not None:
+                admitted.append((delivery, message))
+        if not admitted:
             return
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(self.config.handler_timeout):
-                duplicate = await self._invoke(message, handler, engine)
+            if self.config.handler_timeout is None:
+                duplicates = await self._invoke_batch(admitted, handler, lease)
+            else:
+                async with asyncio.timeout(self.config.handler_timeout * len(admitted)):
+                    duplicates = await self._invoke_batch(admitted, handler, lease)
+        except DatabaseDisconnectError as exc:
+            for delivery, _ in admitted:
+                await self._database_unavailable(delivery, exc)
+            return
+        except Exception as exc:
+            _log.info("batch of %d failed (%r); handling its messages one by one", len(batch), exc)
+            for delivery, message in admitted:
+                await self._process_admitted(delivery, message, handler, lease)
+            return
+        finally:
+            self._metrics.observe("handler_seconds", time.perf_counter() - started, *self._labels)
+        self._db_backoff.reset()
+        failpoint("consumer.after_commit")
+        self._count_duplicates(duplicates)
+        assert self._acks is not None
+        for delivery, _ in admitted:
+            self._acks.add(delivery.id)
+
+    async def _invoke_batch(
+        self,
+        admitted: list[tuple[Delivery, QueueMessage[Any]]],
+        handler: DbHandler | Handler,
+        lease: ConnectionLease,
+    ) -> int:
+        duplicates = 0
+        async with DbSession(
+            lease.engine, operation=self._operation, registry=self._registry, lease=lease
+        ) as session:
+            for _, message in admitted:
+                if self._inbox is not None and not await self._inbox.record(
+                    session, self.config.consumer_group, message
+                ):
+                    duplicates += 1
+                    continue
+                failpoint("consumer.in_handler")
+                await cast(DbHandler, handler)(message, session)
+            failpoint("consumer.before_commit")
+        return duplicates
+
+    async def _process_admitted(
+        self,
+        delivery: Delivery,
+        message: QueueMessage[Any],
+        handler: DbHandler | Handler,
+        lease: ConnectionLease | None,
+    ) -> None:
+        started = time.perf_counter()
+        try:
+            if self.config.handler_timeout is None:
+                duplicate = await self._invoke(message, handler, lease)
+            else:
+                async with asyncio.timeout(self.config.handler_timeout):
+                    duplicate = await self._invoke(message, handler, lease)
         except DatabaseDisconnectError as exc:
             await self._database_unavailable(delivery, exc)
             return
@@ -614,22 +708,23 @@ class QueueConsumer:
             self._metrics.observe("handler_seconds", time.perf_counter() - started, *self._labels)
         self._db_backoff.reset()
         failpoint("consumer.after_commit")
-        if duplicate:
-            self._counters.duplicates += 1
-            self._metrics.inc("messages", *self._labels, "duplicate")
+        self._count_duplicates(int(duplicate))
         assert self._acks is not None
         self._acks.add(delivery.id)
 
     async def _invoke(
-        self, message: QueueMessage[Any], handler: DbHandler | Handler, engine: AsyncEngine | None
+        self,
+        message: QueueMessage[Any],
+        handler: DbHandler | Handler,
+        lease: ConnectionLease | None,
     ) -> bool:
         """Run the handler (in a transaction when there is an engine); True if the inbox
         recognised the message as already processed."""
-        if engine is None:
+        if lease is None:
             await cast(Handler, handler)(message)
             return False
         async with DbSession(
-            engine, operation=f"consume:{self.config.stream_key}", registry=self._registry
+            lease.engine, operation=self._operation, registry=self._registry, lease=lease
         ) as session:
             if self._inbox is not None and not await self._inbox.record(
                 session, self.config.consumer_group, message
@@ -838,6 +933,11 @@ class QueueConsumer:
         self._counters.reconnects += 1
         self._metrics.inc("reconnects", *self._labels)
         _log.warning("Redis connection problem, backing off: %s", exc)
+
+    def _count_duplicates(self, count: int) -> None:
+        if count:
+            self._counters.duplicates += count
+            self._metrics.inc("messages", *self._labels, "duplicate", amount=count)
 
     def _count_claimed(self, count: int) -> None:
         if count:

@@ -123,9 +123,8 @@ class Outbox:
                 stream=stream, fields=_pack(fields), created_at=_now(), sent_at=None
             )
         )
-        key = result.inserted_primary_key
-        assert key is not None
-        return int(key[0])
+        assert result.inserted_key, "the outbox insert reported no primary key"
+        return int(result.inserted_key[0])
 
     async def status(self, engine: AsyncEngine) -> OutboxStatus:
         t = self.table.c

@@ -131,6 +131,35 @@ async def test_consumers_killed_at_every_point(
     assert await pending_count(redis, stream, "g") == 0
 
 
+@pytest.mark.faults
+async def test_batch_replayed_after_kill_is_applied_once(
+    engine: AsyncEngine, make_table: TableFactory, redis: Any, stream: str, inbox: Inbox
+) -> None:
+    """Batch mode: a worker killed after committing a batch and before acking it (and
+    around the XACK) gets the whole batch again; the inbox applies every message once."""
+    table = await make_table(EFFECTS)
+    total = 2_000
+    await QueueProducer(redis, stream).publish_batch({"n": i} for i in range(total))
+    args = ["consumer", "--stream", stream, "--group", "g", "--effects", table]
+    args += ["--inbox", inbox.table.name, "--concurrency", "4", "--batch-size", "25"]
+    for point, at in (
+        ("consumer.after_commit", 3),
+        ("ack.before", 5),
+        ("consumer.after_commit", 9),
+    ):
+        process = _start(*args, failpoints=f"{point}=kill@{at}")
+        assert await _wait(process) == -signal.SIGKILL, process.error_output  # type: ignore[attr-defined]
+    final = _start(*args)
+    assert await _wait(final, timeout=120) == 0, final.error_output  # type: ignore[attr-defined]
+    assert await _effects(engine, table) == (total, total)
+    async with DbSession(engine) as session:
+        replayed = await session.execute_scalar(
+            f"SELECT COUNT(*) FROM `{inbox.table.name}` WHERE stream = :s", {"s": stream}
+        )
+    assert replayed == total
+    assert await pending_count(redis, stream, "g") == 0
+
+
 async def _fill_outbox(engine: AsyncEngine, outbox: Outbox, stream: str, count: int) -> None:
     for start in range(0, count, 500):
         async with DbSession(engine) as session:

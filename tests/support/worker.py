@@ -50,6 +50,7 @@ async def consume(args: argparse.Namespace) -> None:
         prefetch=args.prefetch,
         claim_min_idle_ms=args.claim_min_idle_ms,
         claim_interval_ms=200,
+        batch_size=args.batch_size,
     )
     inbox = Inbox(args.inbox) if args.inbox else None
     consumer = QueueConsumer(redis, config, inbox=inbox, registry=None)
@@ -85,6 +86,7 @@ def main() -> None:
     c.add_argument("--concurrency", type=int, default=8)
     c.add_argument("--prefetch", type=int, default=None)
     c.add_argument("--claim-min-idle-ms", type=int, default=500)
+    c.add_argument("--batch-size", type=int, default=1)
     r = sub.add_parser("relay")
     r.add_argument("--outbox", required=True)
     r.add_argument("--batch-size", type=int, default=50)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from sqlalchemy.engine import Dialect as SADialect
 
 from ...errors import ConfigurationError
-from .base import ClassifiedError, Dialect, ErrorKind
+from .base import ClassifiedError, Dialect, DirectExecutor, ErrorKind
 from .mysql import MySQLDialect
 
-__all__ = ["ClassifiedError", "Dialect", "ErrorKind", "dialect_for"]
+__all__ = ["ClassifiedError", "Dialect", "DirectExecutor", "ErrorKind", "dialect_for"]
 
 _MYSQL = MySQLDialect()
 _BY_NAME: dict[str, Dialect] = {"mysql": _MYSQL, "mariadb": _MYSQL}

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import abc
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from sqlalchemy.engine import Dialect as SADialect
 
 from ... import errors
+from ..rows import Rows
 
 
 class ErrorKind(enum.Enum):
@@ -66,6 +69,22 @@ _ADVICE: dict[ErrorKind, str] = {
     ErrorKind.DISCONNECT: "the database connection was lost and has been discarded",
     ErrorKind.OTHER: "the statement failed",
 }
+
+
+class DirectExecutor(Protocol):
+    """Runs SQL straight on the driver's native async connection, skipping SQLAlchemy's
+    per-statement machinery on the hot path. The connection still comes from, and goes
+    back to, the engine's pool."""
+
+    async def execute(self, query: str, args: Sequence[Any] | dict[str, Any]) -> Rows: ...
+
+    async def commit(self) -> None: ...
+
+    async def rollback(self) -> None: ...
+
+    def in_transaction(self) -> bool | None:
+        """Whether the server reports an open transaction (None: unknown)."""
+        ...
 
 
 class Dialect(abc.ABC):
@@ -127,6 +146,10 @@ class Dialect(abc.ABC):
         """SQL, run from another connection, that ends the given server session."""
 
     @abc.abstractmethod
+    def direct_executor(self, driver_connection: object) -> DirectExecutor | None:
+        """A fast executor for this driver connection, or None to use SQLAlchemy."""
+
+    @abc.abstractmethod
     def is_unknown_session(self, info: ClassifiedError) -> bool:
         """True when a kill failed only because the server session had already ended."""
 
@@ -141,6 +164,15 @@ class Dialect(abc.ABC):
                 ErrorKind.DISCONNECT, info.errno, info.sqlstate, info.server_message
             )
         return info
+
+    def classify_driver_exception(
+        self, exc: BaseException, *, nowait: bool = False
+    ) -> ClassifiedError:
+        """Classify an exception raised by the driver itself (the direct path): a broken
+        socket is a disconnect, anything else goes through :meth:`classify`."""
+        if isinstance(exc, OSError | EOFError):
+            return ClassifiedError(ErrorKind.DISCONNECT, None, None, repr(exc))
+        return self.classify(exc, nowait=nowait)
 
     def build_error(self, info: ClassifiedError) -> errors.DatabaseError:
         """The library exception for a classified error (returned, not raised)."""

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy.engine import Dialect as SADialect
 
 from ...errors import ConfigurationError
-from .base import ClassifiedError, Dialect, ErrorKind
+from ..rows import Rows
+from .base import ClassifiedError, Dialect, DirectExecutor, ErrorKind
 
 # Server error numbers, one table (see docs/sessions.md for what each means to callers).
 _ERRNO_KINDS: dict[int, ErrorKind] = {
@@ -30,6 +33,7 @@ _ERRNO_KINDS: dict[int, ErrorKind] = {
     2006: ErrorKind.DISCONNECT,  # CR_SERVER_GONE_ERROR
     2013: ErrorKind.DISCONNECT,  # CR_SERVER_LOST
     2055: ErrorKind.DISCONNECT,  # CR_SERVER_LOST_EXTENDED
+    0: ErrorKind.DISCONNECT,  # client-side InterfaceError(0): the connection is closed
 }
 
 _TRANSACTION_ENDING = frozenset({ErrorKind.DEADLOCK, ErrorKind.SERIALIZATION, ErrorKind.DISCONNECT})
@@ -120,6 +124,43 @@ class MySQLDialect(Dialect):
 
     def is_unknown_session(self, info: ClassifiedError) -> bool:
         return info.errno == 1094  # ER_NO_SUCH_THREAD
+
+    def direct_executor(self, driver_connection: object) -> DirectExecutor | None:
+        if type(driver_connection).__module__.startswith("asyncmy"):
+            return AsyncmyExecutor(driver_connection)
+        return None
+
+
+_SERVER_STATUS_IN_TRANS = 1
+
+
+class AsyncmyExecutor:
+    """Statements on a native asyncmy connection (one buffered cursor, format paramstyle)."""
+
+    __slots__ = ("_connection", "_cursor")
+
+    def __init__(self, connection: Any) -> None:
+        self._connection = connection
+        self._cursor = connection.cursor()
+
+    async def execute(self, query: str, args: Sequence[Any] | dict[str, Any]) -> Rows:
+        cursor = self._cursor
+        await cursor.execute(query, args)
+        description = cursor.description
+        if not description:
+            return Rows(cursor.rowcount, (), (), (cursor.lastrowid,) if cursor.lastrowid else None)
+        rows = await cursor.fetchall()
+        return Rows(cursor.rowcount, tuple(column[0] for column in description), rows)
+
+    async def commit(self) -> None:
+        await self._connection.commit()
+
+    async def rollback(self) -> None:
+        await self._connection.rollback()
+
+    def in_transaction(self) -> bool | None:
+        status = getattr(self._connection, "server_status", None)
+        return bool(status & _SERVER_STATUS_IN_TRANS) if isinstance(status, int) else None
 
 
 def _errno_and_message(driver_error: BaseException) -> tuple[int | None, str]:

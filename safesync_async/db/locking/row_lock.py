@@ -84,8 +84,7 @@ class RowLock:
         except DatabaseError:
             metrics.inc("lock_acquisitions", "row", "error")
             raise
-        rows = result.mappings().fetchmany(2)
-        result.close()
+        rows = result.dicts(limit=2)
         metrics.observe("lock_wait_seconds", time.perf_counter() - started, "row")
         if len(rows) > 1:
             raise MultipleRowsError(
@@ -93,4 +92,4 @@ class RowLock:
                 "the transaction ends. Identify the row by its primary or a unique key"
             )
         metrics.inc("lock_acquisitions", "row", "acquired" if rows else "none")
-        return dict(rows[0]) if rows else None
+        return rows[0] if rows else None

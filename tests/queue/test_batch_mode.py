@@ -1,0 +1,59 @@
+"""Batch mode: many messages per transaction, with per-message fallback on failure."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from safesync_async import (
+    DbSession,
+    DeadLetterReason,
+    QueueConfig,
+    QueueConsumer,
+    QueueMessage,
+    QueueProducer,
+    parse_dead_letter,
+)
+
+from ..conftest import TableFactory
+from .helpers import EFFECTS, effect_counts, effect_writer, pending_count
+
+
+async def test_batches_commit_together_and_isolate_poison(
+    engine: AsyncEngine, make_table: TableFactory, redis: Any, stream: str
+) -> None:
+    """3,000 messages in batches of 50: every good message applied once, fewer commits
+    than messages, and the three poison messages dead-lettered without losing the
+    batches they were in."""
+    table = await make_table(EFFECTS)
+    await QueueProducer(redis, stream).publish_batch({"n": i} for i in range(3_000))
+    poison = {7, 1_500, 2_999}
+    writer = effect_writer(table)
+
+    async def handler(message: QueueMessage[Any], session: DbSession) -> None:
+        await writer(message, session)
+        if message.payload["n"] in poison:
+            raise ValueError("poison")
+
+    config = QueueConfig(
+        stream_key=stream, consumer_group="g", consumer_name="c", block_ms=100,
+        concurrency=4, batch_size=50, max_deliveries=1, claim_min_idle_ms=300,
+        claim_interval_ms=100,
+    )  # fmt: skip
+    registry = CollectorRegistry()
+    consumer = QueueConsumer(redis, config, registry=registry)
+    await consumer.run_until_drained(handler, engine=engine)
+    commits = registry.get_sample_value(
+        "safesync_db_transactions_total",
+        {"operation": f"consume:{stream}", "outcome": "committed"},
+    )
+    assert commits is not None and commits < 3_000 / 10
+    assert await effect_counts(engine, table) == (3_000 - 3, 3_000 - 3)
+    letters = [parse_dead_letter(i.decode(), f) for i, f in await redis.xrange(f"{stream}:dead")]
+    assert len(letters) == 3
+    assert {x.reason for x in letters} == {DeadLetterReason.HANDLER_FAILED}
+    assert await pending_count(redis, stream, "g") == 0
+    stats = consumer.statistics()
+    assert stats.acked == 3_000 - 3 and stats.failed == 3
