@@ -57,7 +57,8 @@ def _ensure_services(session: nox.Session) -> None:
 
 
 def _install(session: nox.Session, *groups: str) -> None:
-    session.install("-e", ".")
+    """The package with every extra (the tests cover them all) and the given groups."""
+    session.install("-e", ".[fastapi,cli,otel]")
     for group in groups:
         session.install(*nox.project.dependency_groups(PYPROJECT, group))
 
@@ -90,4 +91,4 @@ def demo(session: nox.Session) -> None:
     """The end-to-end demo: publish transfers, consume them into the database, verify."""
     _install(session)
     _ensure_services(session)
-    session.run("python", "-m", "safesync_async.demo", *session.posargs)
+    session.run("python", "-m", "examples.demo", *session.posargs)

@@ -1,4 +1,5 @@
-"""Project test configuration: anyio on asyncio, real servers on loopback."""
+"""Project test configuration: the shipped fixtures (safesync_async.testing), anyio on
+asyncio, real servers on loopback."""
 
 from __future__ import annotations
 
@@ -7,17 +8,11 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from safesync_async import DbSession
 
-from .support.settings import DATABASE_URL
-
-
-@pytest.fixture(scope="session")
-def anyio_backend() -> str:
-    """SQLAlchemy's asyncio extension and redis.asyncio need the asyncio backend."""
-    return "asyncio"
+pytest_plugins = ["safesync_async.testing"]
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -32,13 +27,9 @@ def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: objec
 
 
 @pytest.fixture
-async def engine() -> AsyncIterator[AsyncEngine]:
-    """A private engine (and pool) per test, disposed afterwards."""
-    eng = create_async_engine(DATABASE_URL, pool_size=8, max_overflow=40, pool_pre_ping=True)
-    try:
-        yield eng
-    finally:
-        await eng.dispose()
+def engine(safesync_engine: AsyncEngine) -> AsyncEngine:
+    """A private engine (and pool) per test, disposed afterwards (the shipped fixture)."""
+    return safesync_engine
 
 
 @pytest.fixture

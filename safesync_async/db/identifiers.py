@@ -41,10 +41,11 @@ def table_clause(table: str | sa.Table, columns: list[str]) -> sa.TableClause:
         return table
     if not isinstance(table, str):
         raise InvalidIdentifierError(f"table must be a name or a sqlalchemy.Table, not {table!r}")
-    schema, _, name = table.rpartition(".")
-    validate_identifier(name, "table")
-    if schema:
-        validate_identifier(schema, "schema")
+    parts = table.split(".")
+    if len(parts) > 2:
+        raise InvalidIdentifierError(f"invalid table name {table!r}: use 'table' or 'schema.table'")
+    name = validate_identifier(parts[-1], "table")
+    schema = validate_identifier(parts[0], "schema") if len(parts) == 2 else ""
     for column in columns:
         validate_identifier(column, "column")
     return sa.table(

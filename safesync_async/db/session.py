@@ -287,6 +287,12 @@ class DbSession:
     def sa_dialect(self) -> SADialect:
         return self._engine.dialect
 
+    @property
+    def db_system(self) -> str:
+        """The database system name for tracing ("mariadb", "mysql", ...)."""
+        dialect = self._engine.dialect
+        return "mariadb" if getattr(dialect, "is_mariadb", False) else dialect.name
+
     def _note_named_lock(self) -> None:
         self._holds_named_locks = True
 

@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from .. import tracing
 from .._failpoints import failpoint
 from ..errors import QueueConnectionError
 from .backoff import Backoff
@@ -70,7 +71,10 @@ class AckBatcher:
         started = time.perf_counter()
         try:
             failpoint("ack.before")
-            acked = await self._streams.ack(ids)
+            with tracing.messaging_span(
+                "ack", self._streams.stream, group=self._streams.group, count=len(ids)
+            ):
+                acked = await self._streams.ack(ids)
             failpoint("ack.after")
         except QueueConnectionError as exc:
             self._ids[:0] = ids

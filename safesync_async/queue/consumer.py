@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -15,6 +16,7 @@ import anyio.abc
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from .. import tracing
 from .._failpoints import failpoint
 from .._shield import run_to_completion
 from ..db.lease import ConnectionLease
@@ -500,7 +502,7 @@ class QueueConsumer:
                     cursor = deliveries[-1].id if deliveries else None
                     deliveries = [d for d in deliveries if d.id not in self._outstanding]
                 else:
-                    deliveries = await self._streams.read_new(free, self.config.block_ms)
+                    deliveries = await self._read_new(free)
             except QueueConnectionError as exc:
                 self._record_connection_error(exc)
                 await backoff.sleep()
@@ -531,7 +533,10 @@ class QueueConsumer:
             free = min(limit - len(self._outstanding), count)
             if free > 0:
                 try:
-                    result = await self._streams.claim_idle(min_idle_ms, cursor, free)
+                    with tracing.messaging_span(
+                        "claim", self.config.stream_key, group=self.config.consumer_group
+                    ):
+                        result = await self._streams.claim_idle(min_idle_ms, cursor, free)
                 except QueueConnectionError as exc:
                     self._record_connection_error(exc)
                     await backoff.sleep()
@@ -585,6 +590,16 @@ class QueueConsumer:
         finally:
             if lease is not None:
                 await lease.close()
+
+    async def _read_new(self, count: int) -> list[Delivery]:
+        if not tracing.ENABLED:
+            return await self._streams.read_new(count, self.config.block_ms)
+        with tracing.messaging_span(
+            "receive", self.config.stream_key, group=self.config.consumer_group
+        ) as span:
+            deliveries = await self._streams.read_new(count, self.config.block_ms)
+            span.set_attribute("messaging.batch.message_count", len(deliveries))
+            return deliveries
 
     def _take_batch(self, work: asyncio.Queue[Delivery | None], first: Delivery) -> list[Delivery]:
         """``first`` plus whatever is already waiting, up to ``batch_size``."""
@@ -674,13 +689,14 @@ class QueueConsumer:
             lease.engine, operation=self._operation, registry=self._registry, lease=lease
         ) as session:
             for _, message in admitted:
-                if self._inbox is not None and not await self._inbox.record(
-                    session, self.config.consumer_group, message
-                ):
-                    duplicates += 1
-                    continue
-                failpoint("consumer.in_handler")
-                await cast(DbHandler, handler)(message, session)
+                with self._message_span(message):
+                    if self._inbox is not None and not await self._inbox.record(
+                        session, self.config.consumer_group, message
+                    ):
+                        duplicates += 1
+                        continue
+                    failpoint("consumer.in_handler")
+                    await cast(DbHandler, handler)(message, session)
             failpoint("consumer.before_commit")
         return duplicates
 
@@ -693,11 +709,12 @@ class QueueConsumer:
     ) -> None:
         started = time.perf_counter()
         try:
-            if self.config.handler_timeout is None:
-                duplicate = await self._invoke(message, handler, lease)
-            else:
-                async with asyncio.timeout(self.config.handler_timeout):
+            with self._message_span(message):
+                if self.config.handler_timeout is None:
                     duplicate = await self._invoke(message, handler, lease)
+                else:
+                    async with asyncio.timeout(self.config.handler_timeout):
+                        duplicate = await self._invoke(message, handler, lease)
         except DatabaseDisconnectError as exc:
             await self._database_unavailable(delivery, exc)
             return
@@ -711,6 +728,13 @@ class QueueConsumer:
         self._count_duplicates(int(duplicate))
         assert self._acks is not None
         self._acks.add(delivery.id)
+
+    def _message_span(self, message: QueueMessage[Any]) -> contextlib.AbstractContextManager[Any]:
+        if not tracing.ENABLED:
+            return contextlib.nullcontext()
+        return tracing.message_span(
+            message.stream, message.group, message.id, message.fields, message.delivery_count
+        )
 
     async def _invoke(
         self,
@@ -820,7 +844,13 @@ class QueueConsumer:
         )
         try:
             failpoint("dead_letter.before")
-            await self._streams.dead_letter(self.config.dead_letters, fields, delivery.id)
+            with tracing.messaging_span(
+                "dead_letter",
+                self.config.stream_key,
+                group=self.config.consumer_group,
+                attributes={"messaging.message.id": delivery.id, "safesync.reason": reason.value},
+            ):
+                await self._streams.dead_letter(self.config.dead_letters, fields, delivery.id)
             failpoint("dead_letter.after")
         except QueueError as exc:
             _log.error(

@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from .. import tracing
 from .._failpoints import failpoint
 from ..db.identifiers import validate_identifier
 from ..db.session import DbSession
@@ -118,6 +119,7 @@ class Outbox:
         fields = self.codec.encode(payload)
         for name, value in (headers or {}).items():
             fields[name.encode()] = value.encode()
+        tracing.inject_context(fields)  # the consumer's span links to this transaction's
         result = await session._execute(
             sa.insert(self.table).values(
                 stream=stream, fields=_pack(fields), created_at=_now(), sent_at=None
@@ -277,7 +279,10 @@ class OutboxRelay:
         return len(rows)
 
     async def _publish(self, rows: list[dict[str, Any]]) -> dict[int, str]:
-        with redis_errors("outbox XADD"):
+        with (
+            tracing.messaging_span("publish", rows[0]["stream"], count=len(rows)),
+            redis_errors("outbox XADD"),
+        ):
             async with self.redis.pipeline(transaction=False) as pipe:
                 for row in rows:
                     fields = _unpack(row["fields"])

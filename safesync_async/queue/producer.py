@@ -8,6 +8,7 @@ from typing import Any, cast
 
 from redis.asyncio import Redis
 
+from .. import tracing
 from ..errors import ConfigurationError, QueueError, UnsafeOperationError
 from ..metrics import DEFAULT_REGISTRY, RegistryArg, metrics_for
 from .codec import Codec, JsonCodec
@@ -26,6 +27,10 @@ class QueueProducer:
 
     Trimming is explicit and safe: :meth:`trim` never removes an entry that some consumer
     group has not acknowledged yet (pending, or not delivered at all).
+
+    With OpenTelemetry active, entries carry the publishing span's trace context
+    (``traceparent``); pass ``trace_context=False`` to keep entries to the single ``data``
+    field the synchronous library's strict parser accepts.
     """
 
     def __init__(
@@ -34,12 +39,14 @@ class QueueProducer:
         stream_key: str,
         *,
         codec: Codec[Any] | None = None,
+        trace_context: bool = True,
         registry: RegistryArg = DEFAULT_REGISTRY,
     ) -> None:
         if not isinstance(stream_key, str) or not stream_key:
             raise ConfigurationError("stream_key must be a non-empty string")
         self.redis = redis
         self.stream_key = stream_key
+        self._trace_context = trace_context
         self._codec: Codec[Any] = codec if codec is not None else JsonCodec()
         self._metrics = metrics_for(registry)
 
@@ -59,6 +66,8 @@ class QueueProducer:
             if key in fields:
                 raise ConfigurationError(f"header {name!r} collides with a payload field")
             fields[key] = value.encode("utf-8")
+        if self._trace_context:
+            tracing.inject_context(fields)
         return fields
 
     async def publish(
@@ -69,9 +78,10 @@ class QueueProducer:
         headers: Mapping[str, str] | None = None,
     ) -> str:
         """Add one entry; returns its id."""
-        fields = self.fields_for(payload, idempotency_key=idempotency_key, headers=headers)
-        with redis_errors("XADD", self.stream_key):
-            entry_id = await self.redis.xadd(self.stream_key, cast(Any, fields))
+        with tracing.messaging_span("publish", self.stream_key, count=1):
+            fields = self.fields_for(payload, idempotency_key=idempotency_key, headers=headers)
+            with redis_errors("XADD", self.stream_key):
+                entry_id = await self.redis.xadd(self.stream_key, cast(Any, fields))
         self._metrics.inc("published", self.stream_key)
         return _text(entry_id)
 
@@ -82,15 +92,19 @@ class QueueProducer:
         if chunk_size < 1:
             raise ConfigurationError("chunk_size must be >= 1")
         ids: list[str] = []
-        chunk: list[dict[bytes, bytes]] = []
+        chunk: list[Any] = []
         for payload in payloads:
-            chunk.append(self.fields_for(payload))
+            chunk.append(payload)
             if len(chunk) >= chunk_size:
-                ids.extend(await self._add_many(chunk))
+                ids.extend(await self._publish_chunk(chunk))
                 chunk = []
         if chunk:
-            ids.extend(await self._add_many(chunk))
+            ids.extend(await self._publish_chunk(chunk))
         return ids
+
+    async def _publish_chunk(self, payloads: list[Any]) -> list[str]:
+        with tracing.messaging_span("publish", self.stream_key, count=len(payloads)):
+            return await self._add_many([self.fields_for(p) for p in payloads])
 
     async def add_fields(self, entries: Iterable[Mapping[bytes, bytes]]) -> list[str]:
         """Add ready-made field maps (e.g. replayed dead letters), pipelined."""

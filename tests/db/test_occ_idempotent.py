@@ -90,16 +90,17 @@ async def test_occ_update_rejects_bad_arguments(engine: AsyncEngine) -> None:
             await occ_update(s, "t", "id", 1, "version", "0", {"a": 1})  # type: ignore[arg-type]
 
 
-_BAD_NAME = st.text(min_size=0, max_size=80).filter(
-    lambda n: (
-        not (
-            n
-            and len(n) <= 64
-            and n.isascii()
-            and (n[0].isalpha() or n[0] == "_")
-            and all(c.isalnum() or c in "_$" for c in n)
-        )
+def _valid(name: str) -> bool:
+    return (
+        0 < len(name) <= 64
+        and name.isascii()
+        and (name[0].isalpha() or name[0] == "_")
+        and all(c.isalnum() or c in "_$" for c in name)
     )
+
+
+_BAD_NAME = st.text(min_size=0, max_size=80).filter(
+    lambda n: not _valid(n) and not (n.count(".") == 1 and all(map(_valid, n.split("."))))
 )
 
 

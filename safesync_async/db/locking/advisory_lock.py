@@ -6,6 +6,7 @@ import math
 import time
 from types import TracebackType
 
+from ... import tracing
 from ...errors import ConfigurationError, DatabaseError, LockAcquireError, LockTimeoutError
 from ..session import DbSession
 from .names import LockKey, lock_name
@@ -53,9 +54,11 @@ class AdvisoryLock:
         # Noted before the call: if the wait is interrupted the server may still grant it.
         session._note_named_lock()
         try:
-            result = await session._execute(
-                session.dialect.advisory_lock_sql(), {"name": self.name, "timeout": self.timeout}
-            )
+            with tracing.lock_span("advisory", self.name, session.db_system):
+                result = await session._execute(
+                    session.dialect.advisory_lock_sql(),
+                    {"name": self.name, "timeout": self.timeout},
+                )
         except DatabaseError:
             metrics.inc("lock_acquisitions", "advisory", "error")
             raise

@@ -8,6 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from ... import tracing
 from ...errors import ConfigurationError, DatabaseError, LockNotAvailableError, MultipleRowsError
 from ..identifiers import table_clause
 from ..session import DbSession
@@ -56,6 +57,7 @@ class RowLock:
         selectable = table_clause(table, list(dict.fromkeys([*where, *wanted])))
         selected = [selectable.c[c] for c in wanted] if wanted else [sa.literal_column("*")]
         self._session = session
+        self._table_name = table if isinstance(table, str) else table.name
         self._nowait = nowait
         self._skip_locked = skip_locked
         self._statement = (
@@ -74,7 +76,8 @@ class RowLock:
         )
         started = time.perf_counter()
         try:
-            result = await session._execute(self._statement, nowait=self._nowait)
+            with tracing.lock_span("row", self._table_name, session.db_system):
+                result = await session._execute(self._statement, nowait=self._nowait)
         except LockNotAvailableError:
             metrics.inc("lock_acquisitions", "row", "not_available")
             raise

@@ -1,0 +1,178 @@
+"""pytest fixtures for applications that use safesync_async.
+
+Opt in from your ``conftest.py``::
+
+    pytest_plugins = ["safesync_async.testing"]
+
+The plugin is opt-in rather than registered as an entry point so that installing the
+library never adds fixtures (or their names) to unrelated test suites.
+
+Fixtures (async ones run under anyio's pytest plugin on asyncio; mark tests with
+``@pytest.mark.anyio`` or use anyio's auto mode):
+
+``safesync_database_url`` / ``safesync_redis_url``
+    From the ini options ``safesync_database_url`` / ``safesync_redis_url``, else the
+    environment variables ``SAFESYNC_DATABASE_URL`` / ``SAFESYNC_REDIS_URL``, else local
+    servers on the default ports.
+``safesync_engine``
+    An engine from :func:`safesync_async.create_engine`, disposed after the test.
+``safesync_session``
+    A :class:`DbSession` that is rolled back after the test: nothing it writes persists.
+``safesync_redis``
+    A Redis client; every key starting with ``safesync_key_prefix`` is deleted after the
+    test.
+``safesync_key_prefix``
+    A prefix unique to the test, for any Redis key the test creates.
+``safesync_stream``
+    A :class:`StreamFixture`: a unique stream with its consumer group created, a producer,
+    and helpers to build consumers and run them until the stream is drained.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ..db.engine import create_engine
+from ..db.session import DbSession
+from ..queue.client import create_redis_client
+from ..queue.config import QueueConfig
+from ..queue.consumer import QueueConsumer
+from ..queue.inbox import Inbox
+from ..queue.producer import QueueProducer
+
+__all__ = ["StreamFixture"]
+
+DEFAULT_DATABASE_URL = "mysql+asyncmy://root@127.0.0.1:3306/test"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addini("safesync_database_url", "database URL for the safesync_* fixtures")
+    parser.addini("safesync_redis_url", "Redis URL for the safesync_* fixtures")
+
+
+def _setting(config: pytest.Config, name: str, default: str) -> str:
+    value = config.getini(name)
+    if isinstance(value, str) and value:
+        return value
+    return os.environ.get(name.upper(), default)
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    """SQLAlchemy's asyncio extension and redis.asyncio run on asyncio."""
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def safesync_database_url(pytestconfig: pytest.Config) -> str:
+    return _setting(pytestconfig, "safesync_database_url", DEFAULT_DATABASE_URL)
+
+
+@pytest.fixture(scope="session")
+def safesync_redis_url(pytestconfig: pytest.Config) -> str:
+    return _setting(pytestconfig, "safesync_redis_url", DEFAULT_REDIS_URL)
+
+
+@pytest.fixture
+async def safesync_engine(safesync_database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(safesync_database_url, pool_size=8, max_overflow=40)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+class _RollBack(Exception):
+    """Raised inside the fixture's session to roll it back at teardown."""
+
+
+@pytest.fixture
+async def safesync_session(safesync_engine: AsyncEngine) -> AsyncIterator[DbSession]:
+    try:
+        async with DbSession(safesync_engine, operation="test") as session:
+            yield session
+            raise _RollBack
+    except _RollBack:
+        pass
+
+
+@pytest.fixture
+def safesync_key_prefix() -> str:
+    return f"test:{uuid.uuid4().hex[:12]}:"
+
+
+@pytest.fixture
+async def safesync_redis(safesync_redis_url: str, safesync_key_prefix: str) -> AsyncIterator[Redis]:
+    client = create_redis_client(safesync_redis_url, block_ms=200)
+    try:
+        yield client
+    finally:
+        keys = [key async for key in client.scan_iter(match=f"{safesync_key_prefix}*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+
+
+@dataclass
+class StreamFixture:
+    """A unique stream with its consumer group, for one test."""
+
+    key: str
+    group: str
+    redis: Redis
+    producer: QueueProducer
+
+    @property
+    def dead_letters(self) -> str:
+        return f"{self.key}:dead"
+
+    def config(self, **overrides: Any) -> QueueConfig:
+        """A QueueConfig for this stream and group with test-friendly timings."""
+        settings: dict[str, Any] = {
+            "stream_key": self.key,
+            "consumer_group": self.group,
+            "consumer_name": "test-consumer",
+            "block_ms": 100,
+            "claim_min_idle_ms": 500,
+            "claim_interval_ms": 100,
+        }
+        settings.update(overrides)
+        return QueueConfig(**settings)
+
+    def consumer(self, *, inbox: Inbox | None = None, **overrides: Any) -> QueueConsumer:
+        return QueueConsumer(self.redis, self.config(**overrides), inbox=inbox, registry=None)
+
+    async def drain(
+        self,
+        handler: Callable[..., Awaitable[None]],
+        *,
+        engine: AsyncEngine | None = None,
+        inbox: Inbox | None = None,
+        **overrides: Any,
+    ) -> QueueConsumer:
+        """Run a consumer until every entry is handled (acked or dead-lettered); returns
+        it for its statistics. Bound it with ``asyncio.timeout`` if needed."""
+        consumer = self.consumer(inbox=inbox, **overrides)
+        await consumer.run_until_drained(handler, engine=engine)
+        return consumer
+
+
+@pytest.fixture
+async def safesync_stream(safesync_redis: Redis, safesync_key_prefix: str) -> StreamFixture:
+    key = f"{safesync_key_prefix}stream"
+    await safesync_redis.xgroup_create(key, "test-group", id="0", mkstream=True)
+    return StreamFixture(
+        key=key,
+        group="test-group",
+        redis=safesync_redis,
+        producer=QueueProducer(safesync_redis, key, registry=None),
+    )
