@@ -1,5 +1,6 @@
 """Project test configuration: the shipped fixtures (safesync_async.testing), anyio on
-asyncio, real servers on loopback."""
+asyncio, real servers on loopback. Tests that use ``engine`` run once per database
+backend (MariaDB and PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from safesync_async import DbSession
+from safesync_async import DbSession, create_engine
+
+from .support.backends import MARIADB, POSTGRES, Backend
 
 pytest_plugins = ["safesync_async.testing"]
 
@@ -26,10 +29,21 @@ def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: objec
         pytest.mark.anyio(obj)
 
 
+@pytest.fixture(params=[MARIADB, POSTGRES], ids=lambda backend: backend.name)
+def backend(request: pytest.FixtureRequest) -> Backend:
+    """The database backend the test runs against."""
+    selected: Backend = request.param
+    return selected
+
+
 @pytest.fixture
-def engine(safesync_engine: AsyncEngine) -> AsyncEngine:
-    """A private engine (and pool) per test, disposed afterwards (the shipped fixture)."""
-    return safesync_engine
+async def engine(backend: Backend) -> AsyncIterator[AsyncEngine]:
+    """A private engine (and pool) per test on the backend under test, disposed afterwards."""
+    created = create_engine(backend.url, pool_size=8, max_overflow=40)
+    try:
+        yield created
+    finally:
+        await created.dispose()
 
 
 @pytest.fixture
@@ -45,21 +59,33 @@ def unique_name() -> Callable[[str], str]:
 TableFactory = Callable[[str], Awaitable[str]]
 
 
+class _Quoted:
+    """``{q[order]}`` in a DDL template: the identifier quoted for the backend."""
+
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+
+    def __getitem__(self, identifier: str) -> str:
+        return self._backend.q(identifier)
+
+
 @pytest.fixture
 async def make_table(
-    engine: AsyncEngine, unique_name: Callable[[str], str]
+    engine: AsyncEngine, backend: Backend, unique_name: Callable[[str], str]
 ) -> AsyncIterator[TableFactory]:
-    """Create tables from a DDL template with ``{table}``; drop them after the test."""
+    """Create tables from a DDL template (``{table}``, ``{q[name]}`` for quoted names,
+    ``{autoinc}`` for an auto-increment primary key); drop them after the test."""
     created: list[str] = []
 
     async def make(ddl_template: str) -> str:
         name = unique_name("t")
+        ddl = ddl_template.format(table=name, q=_Quoted(backend), autoinc=backend.autoinc_pk)
         async with DbSession(engine, registry=None) as session:
-            await session.execute(ddl_template.format(table=name))
+            await session.execute(ddl)
         created.append(name)
         return name
 
     yield make
     async with DbSession(engine, registry=None) as session:
         for name in created:
-            await session.execute(f"DROP TABLE IF EXISTS `{name}`")
+            await session.execute(f"DROP TABLE IF EXISTS {name}")

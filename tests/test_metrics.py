@@ -17,14 +17,14 @@ async def test_session_and_lock_metrics(engine: AsyncEngine, make_table: TableFa
     """Committed and rolled-back transactions, lock waits and OCC conflicts are counted in the
     registry passed in, labelled by the caller's operation name."""
     registry = CollectorRegistry()
-    table = await make_table("CREATE TABLE `{table}` (id INT PRIMARY KEY)")
+    table = await make_table("CREATE TABLE {table} (id INT PRIMARY KEY)")
     async with DbSession(engine, operation="seed", registry=registry) as s:
-        await s.execute(f"INSERT INTO `{table}` VALUES (1)")
+        await s.execute(f"INSERT INTO {table} VALUES (1)")
         await RowLock(s, table, {"id": 1}).acquire()
         await AdvisoryLock(s, f"metrics:{table}").acquire()
     with pytest.raises(DuplicateKeyError):
         async with DbSession(engine, operation="seed", registry=registry) as s:
-            await s.execute(f"INSERT INTO `{table}` VALUES (1)")
+            await s.execute(f"INSERT INTO {table} VALUES (1)")
 
     def value(name: str, **labels: str) -> float:
         found = registry.get_sample_value(name, labels)

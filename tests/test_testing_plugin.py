@@ -8,16 +8,18 @@ import sys
 from pathlib import Path
 
 import anyio
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from safesync_async import DbSession
+from safesync_async import DbSession, create_engine
+
+from .support.backends import MARIADB
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "user_tests"
 
 
-async def test_user_style_suite_passes(tmp_path: Path, engine: AsyncEngine) -> None:
+async def test_user_style_suite_passes(tmp_path: Path) -> None:
     """A copy of examples/user_tests run as its own project (own rootdir and pytest
     settings, warnings as errors) passes, and its session fixture left nothing behind."""
+    engine = create_engine(MARIADB.url)
     async with DbSession(engine) as session:
         await session.execute("DROP TABLE IF EXISTS user_notes")
     for name in ("conftest.py", "test_orders.py"):
@@ -34,3 +36,4 @@ async def test_user_style_suite_passes(tmp_path: Path, engine: AsyncEngine) -> N
     async with DbSession(engine) as session:
         assert await session.execute_scalar("SELECT COUNT(*) FROM user_notes") == 0
         await session.execute("DROP TABLE user_notes")
+    await engine.dispose()

@@ -39,9 +39,9 @@ async def test_process_span_links_to_the_publisher(
     span has the messaging attributes and a link to that span's context; the row lock
     taken in the handler has its own span."""
     assert tracing.ENABLED
-    table = await make_table("CREATE TABLE `{table}` (id INT PRIMARY KEY)")
+    table = await make_table("CREATE TABLE {table} (id INT PRIMARY KEY)")
     async with DbSession(engine) as s:
-        await s.execute(f"INSERT INTO `{table}` VALUES (1)")
+        await s.execute(f"INSERT INTO {table} VALUES (1)")
     tracer = trace.get_tracer("test")
     with tracer.start_as_current_span("endpoint") as parent:
         entry_id = await safesync_stream.producer.publish({"order": 1})

@@ -11,7 +11,8 @@ from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection, PoolResetState
 
-from .dialects import dialect_for
+from .dialects import dialect_for, dialect_for_url
+from .session import driver_state
 
 __all__ = ["create_engine"]
 
@@ -41,7 +42,9 @@ def create_engine(
     Other keyword arguments go to ``create_async_engine`` unchanged.
     """
     connect_args = dict(kwargs.pop("connect_args", {}))
-    connect_args.setdefault("connect_timeout", connect_timeout)
+    timeout_arg = dialect_for_url(url).connect_timeout_argument
+    if timeout_arg is not None:
+        connect_args.setdefault(timeout_arg, connect_timeout)
     engine = create_async_engine(
         url,
         pool_size=pool_size,
@@ -59,7 +62,7 @@ def create_engine(
     ) -> None:
         if not state.asyncio_safe or state.terminate_only:
             return
-        direct = dialect.direct_executor(record.driver_connection)
+        _, direct = driver_state(dialect, record)
         if direct is None or direct.in_transaction() is not False:
             dbapi_connection.rollback()
 
@@ -79,8 +82,14 @@ def create_engine(
             if idle_since is None or time.monotonic() - idle_since < ping_after:
                 return
             try:
-                dbapi_connection.ping(False)
+                alive = engine.dialect.do_ping(dbapi_connection)
             except Exception as exc:
-                raise sa_exc.DisconnectionError(f"connection idle {ping_after}+ s is dead") from exc
+                alive = False
+                cause: Exception | None = exc
+            else:
+                cause = None
+            if not alive:
+                message = f"connection idle for {ping_after}+ s is dead"
+                raise sa_exc.DisconnectionError(message) from cause
 
     return engine

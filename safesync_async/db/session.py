@@ -18,7 +18,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 from sqlalchemy.engine import Dialect as SADialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from sqlalchemy.pool import PoolProxiedConnection
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 from sqlalchemy.sql import Executable
 from sqlalchemy.util import greenlet_spawn
 
@@ -186,7 +186,7 @@ class DbSession:
             self._state = _State.CLOSED
             raise
         try:
-            self._server_session_id, self._direct = self._driver_state(self._fairy)
+            self._server_session_id, self._direct = driver_state(self._dialect, self._fairy)
             for sql in self._setup_sql:
                 await self._execute(sql)
         except BaseException:
@@ -381,21 +381,6 @@ class DbSession:
             self._transaction_lost = True
         return error
 
-    def _driver_state(
-        self, fairy: PoolProxiedConnection
-    ) -> tuple[int | None, DirectExecutor | None]:
-        """Server session id and direct executor of a pooled connection, kept with the
-        connection (``info`` lives as long as the DBAPI connection) to build them once."""
-        info = fairy.info
-        state = info.get("safesync_driver_state")
-        if state is None:
-            driver = fairy.driver_connection
-            state = info["safesync_driver_state"] = (
-                self._dialect.server_session_id(driver),
-                self._dialect.direct_executor(driver),
-            )
-        return state
-
     def _connection(self) -> AsyncConnection:
         """A SQLAlchemy connection over the session's pooled connection, made on first
         use (for calls already admitted by :meth:`_guard`)."""
@@ -536,8 +521,9 @@ class DbSession:
         if not self._connection_valid():
             return
         statements = []
-        if self._holds_named_locks:
-            statements.append(self._dialect.release_advisory_locks_sql())
+        release = self._dialect.release_advisory_locks_sql()
+        if self._holds_named_locks and release is not None:
+            statements.append(release)
         if self._restore_sql is not None:
             statements.append(self._restore_sql)
         if not statements:
@@ -581,6 +567,22 @@ class DbSession:
                 _log.warning("could not kill server session %s: %s", session_id, exc)
         except TimeoutError:
             _log.warning("killing server session %s timed out", session_id)
+
+
+def driver_state(
+    dialect: Dialect, connection: PoolProxiedConnection | ConnectionPoolEntry
+) -> tuple[int | None, DirectExecutor | None]:
+    """Server session id and direct executor of a pooled DBAPI connection, built once and
+    kept in its ``info`` (which lives exactly as long as the DBAPI connection)."""
+    info = connection.info
+    state: tuple[int | None, DirectExecutor | None] | None = info.get("safesync_driver_state")
+    if state is None:
+        driver = connection.driver_connection
+        state = info["safesync_driver_state"] = (
+            dialect.server_session_id(driver),
+            dialect.direct_executor(driver),
+        )
+    return state
 
 
 def _check_seconds(name: str, value: float | None, *, allow_none: bool) -> None:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+
+from ..errors import MessageDecodeError
 
 __all__ = ["DeadLetter", "DeadLetterReason", "dead_letter_fields", "parse_dead_letter"]
 
@@ -69,9 +71,19 @@ def dead_letter_fields(
 
 
 def parse_dead_letter(entry_id: str, fields: Mapping[bytes, bytes]) -> DeadLetter:
+    """Read a dead-letter entry back; :class:`MessageDecodeError` if it is not one (the
+    stream may contain entries written by something else)."""
+
     def meta(name: str) -> str:
         return fields.get(PREFIX + name.encode(), b"").decode("utf-8", "replace")
 
+    try:
+        return _parse(entry_id, fields, meta)
+    except ValueError as exc:
+        raise MessageDecodeError(f"entry {entry_id} is not a dead letter: {exc}") from exc
+
+
+def _parse(entry_id: str, fields: Mapping[bytes, bytes], meta: Callable[[str], str]) -> DeadLetter:
     return DeadLetter(
         id=entry_id,
         original_stream=meta("stream"),

@@ -20,7 +20,7 @@ class ConsumerHealth:
     name: str
     pending: int
     idle_ms: int
-    inactive_ms: int | None  # Redis 7.2+: time since the last successful read
+    inactive_ms: int | None  # Redis 7.2+: time since the last successful read (None: never)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +31,7 @@ class GroupHealth:
     last_delivered_id: str
     oldest_pending_id: str | None
     oldest_pending_age_s: float | None  # since the oldest pending entry was added
+    oldest_pending_idle_s: float | None  # since the oldest pending entry was last delivered
     max_delivery_count: int  # highest delivery count among the oldest pending entries
     consumers: tuple[ConsumerHealth, ...]
 
@@ -43,7 +44,7 @@ class StreamHealth:
     first_id: str | None
     last_id: str | None
     groups: tuple[GroupHealth, ...]
-    dead_letters: int | None
+    dead_letters: int
     persistence: str
 
     def as_dict(self) -> dict[str, Any]:
@@ -53,7 +54,7 @@ class StreamHealth:
         """A short human-readable report."""
         lines = [
             f"stream {self.stream!r}: {self.length} entries, persistence={self.persistence}"
-            + (f", dead letters: {self.dead_letters}" if self.dead_letters is not None else "")
+            + f", dead letters: {self.dead_letters}"
         ]
         for g in self.groups:
             age = f"{g.oldest_pending_age_s:.1f}s" if g.oldest_pending_age_s is not None else "-"
@@ -66,6 +67,11 @@ class StreamHealth:
         return "\n".join(lines)
 
 
+def _inactive(consumer: dict[str, Any]) -> int | None:
+    value = consumer.get("inactive")
+    return None if value is None or int(value) < 0 else int(value)
+
+
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -73,12 +79,14 @@ def _text(value: object) -> str:
 async def stream_health(
     redis: Redis, stream: str, *, dead_letter_stream: str | None = None, sample: int = 100
 ) -> StreamHealth:
-    """Inspect ``stream`` (and its dead-letter stream, if named). ``sample`` bounds how many
-    of each group's oldest pending entries are read for delivery counts."""
+    """Inspect ``stream`` and its dead-letter stream (default ``<stream>:dead``, the
+    consumer's default). ``sample`` bounds how many of each group's oldest pending entries
+    are read for delivery counts."""
+    dead_letter_stream = dead_letter_stream or f"{stream}:dead"
     persistence = (await server_info(redis)).persistence
     with redis_errors("stream health", stream):
         exists = bool(await redis.exists(stream))
-        dead = int(await redis.xlen(dead_letter_stream)) if dead_letter_stream else None
+        dead = int(await redis.xlen(dead_letter_stream))
         if not exists:
             return StreamHealth(stream, False, 0, None, None, (), dead, persistence)
         info = await redis.xinfo_stream(stream)
@@ -86,9 +94,7 @@ async def stream_health(
         for group in await redis.xinfo_groups(stream):
             name = _text(group["name"])
             consumers = tuple(
-                ConsumerHealth(
-                    _text(c["name"]), int(c["pending"]), int(c["idle"]), c.get("inactive")
-                )
+                ConsumerHealth(_text(c["name"]), int(c["pending"]), int(c["idle"]), _inactive(c))
                 for c in await redis.xinfo_consumers(stream, name)
             )
             oldest = await redis.xpending_range(stream, name, "-", "+", sample)
@@ -106,6 +112,9 @@ async def stream_health(
                     last_delivered_id=_text(group["last-delivered-id"]),
                     oldest_pending_id=oldest_id,
                     oldest_pending_age_s=age,
+                    oldest_pending_idle_s=(
+                        int(oldest[0]["time_since_delivered"]) / 1000 if oldest else None
+                    ),
                     max_delivery_count=max((int(r["times_delivered"]) for r in oldest), default=0),
                     consumers=consumers,
                 )

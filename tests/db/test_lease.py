@@ -15,14 +15,15 @@ from safesync_async import (
     DatabaseDisconnectError,
     DbSession,
     create_engine,
-    lock_name,
 )
 
-from ..support.pool import pool_report
+from ..support.backends import Backend
 from ..support.settings import DATABASE_URL
 
 
-async def test_lease_keeps_one_connection_and_resets_it(engine: AsyncEngine) -> None:
+async def test_lease_keeps_one_connection_and_resets_it(
+    engine: AsyncEngine, backend: Backend
+) -> None:
     """Sessions on a lease share one server connection, each still ends its transaction
     and releases its named lock; closing the lease returns the connection."""
     key = f"lease:{id(engine)}"
@@ -30,12 +31,12 @@ async def test_lease_keeps_one_connection_and_resets_it(engine: AsyncEngine) -> 
         ids = set()
         for _ in range(3):
             async with DbSession(engine, lease=lease, lock_timeout=2) as s:
-                ids.add(await s.execute_scalar("SELECT CONNECTION_ID()"))
+                ids.add(await s.execute_scalar(backend.connection_id_sql))
                 await AdvisoryLock(s, key).acquire()
             assert engine.pool.checkedout() == 1  # type: ignore[attr-defined]
         assert len(ids) == 1
-        report = await pool_report(engine, (lock_name(key),))
-        assert report.held_lock_names == ()
+        report = await backend.pool_report(engine, (key,))
+        assert report.held_locks == ()
         assert report.open_transactions == 0
     assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
     other = create_engine(DATABASE_URL)
@@ -46,20 +47,20 @@ async def test_lease_keeps_one_connection_and_resets_it(engine: AsyncEngine) -> 
         await other.dispose()
 
 
-async def test_lease_replaces_a_killed_connection(engine: AsyncEngine) -> None:
+async def test_lease_replaces_a_killed_connection(engine: AsyncEngine, backend: Backend) -> None:
     """A leased connection killed on the server fails one session with a disconnect; the
     next session on the lease gets a fresh connection."""
     async with ConnectionLease(engine) as lease:
         async with DbSession(engine, lease=lease) as s:
-            first = await s.execute_scalar("SELECT CONNECTION_ID()")
+            first = await s.execute_scalar(backend.connection_id_sql)
         async with DbSession(engine) as killer:
-            await killer.execute(f"KILL {int(first)}")
+            await killer.execute(backend.kill_sql(first))
         await asyncio.sleep(0.1)
         with pytest.raises(DatabaseDisconnectError):
             async with DbSession(engine, lease=lease) as s:
-                await s.execute_scalar("SELECT CONNECTION_ID()")
+                await s.execute_scalar(backend.connection_id_sql)
         async with DbSession(engine, lease=lease) as s:
-            assert await s.execute_scalar("SELECT CONNECTION_ID()") != first
+            assert await s.execute_scalar(backend.connection_id_sql) != first
     assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
 
 

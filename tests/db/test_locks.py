@@ -10,8 +10,7 @@ import pytest
 import sqlalchemy as sa
 from hypothesis import given
 from hypothesis import strategies as st
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from safesync_async import (
     AdvisoryLock,
@@ -26,30 +25,17 @@ from safesync_async import (
 )
 
 from ..conftest import TableFactory
-from ..support.settings import DATABASE_URL
+from ..support.backends import Backend
 
-ORDERS = "CREATE TABLE `{table}` (id INT PRIMARY KEY, status VARCHAR(20), `order` INT)"
+ORDERS = "CREATE TABLE {table} (id INT PRIMARY KEY, status VARCHAR(20), {q[order]} INT)"
 
 
 async def _orders(engine: AsyncEngine, make_table: TableFactory) -> str:
     table = await make_table(ORDERS)
     async with DbSession(engine) as s:
         for i in (1, 2, 3):
-            await s.execute(f"INSERT INTO `{table}` VALUES (:i, 'new', :i)", {"i": i})
+            await s.execute(f"INSERT INTO {table} VALUES (:i, 'new', :i)", {"i": i})
     return table
-
-
-async def _other_connection_gets(name: str) -> int | None:
-    """Try GET_LOCK(name, 0) from a brand-new connection; release at once if granted."""
-    probe = create_async_engine(DATABASE_URL, poolclass=NullPool)
-    try:
-        async with probe.connect() as conn:
-            got = (await conn.exec_driver_sql("SELECT GET_LOCK(%s, 0)", (name,))).scalar()
-            if got == 1:
-                await conn.exec_driver_sql("SELECT RELEASE_LOCK(%s)", (name,))
-            return None if got is None else int(got)
-    finally:
-        await probe.dispose()
 
 
 async def test_row_lock_returns_row_and_excludes(
@@ -116,37 +102,38 @@ async def test_row_lock_reserved_words_table_object_and_columns(
             await RowLock(s, table, {"status": "new"}).acquire()
 
 
-async def test_row_lock_rejects_bad_arguments(engine: AsyncEngine) -> None:
+async def test_row_lock_rejects_bad_arguments(engine: AsyncEngine, backend: Backend) -> None:
     """Empty where, both NOWAIT and SKIP LOCKED, and options the server lacks are rejected
-    before any SQL is sent."""
+    before any SQL is sent (every supported PostgreSQL has both options; MariaDB before
+    10.6 lacks SKIP LOCKED)."""
     async with DbSession(engine) as s:
         with pytest.raises(ConfigurationError):
             RowLock(s, "orders", {})
         with pytest.raises(ConfigurationError):
             RowLock(s, "orders", {"id": 1}, nowait=True, skip_locked=True)
-        old = s.sa_dialect.server_version_info
-        try:
-            s.sa_dialect.server_version_info = (10, 5, 9)
-            with pytest.raises(ConfigurationError, match=r"SKIP LOCKED needs MariaDB 10\.6"):
-                await RowLock(s, "orders", {"id": 1}, skip_locked=True).acquire()
-        finally:
-            s.sa_dialect.server_version_info = old
+        if backend.is_mysql:
+            old = s.sa_dialect.server_version_info
+            try:
+                s.sa_dialect.server_version_info = (10, 5, 9)
+                with pytest.raises(ConfigurationError, match=r"SKIP LOCKED needs MariaDB 10\.6"):
+                    await RowLock(s, "orders", {"id": 1}, skip_locked=True).acquire()
+            finally:
+                s.sa_dialect.server_version_info = old
         assert not s.is_rollback_only
 
 
 @pytest.mark.parametrize("exit_path", ["commit", "exception", "cancel"])
 async def test_advisory_lock_released_when_session_ends(
-    engine: AsyncEngine, exit_path: str
+    engine: AsyncEngine, backend: Backend, exit_path: str
 ) -> None:
     """After a session holding an AdvisoryLock ends (commit, exception or cancellation),
     another connection acquires the same key at once (hazard D1/D6)."""
     key = f"user:{exit_path}:{id(engine)}"
-    name = lock_name(key)
     entered = asyncio.Event()
 
     async def hold() -> None:
         async with DbSession(engine) as s, AdvisoryLock(s, key, timeout=1):
-            assert await _other_connection_gets(name) == 0
+            assert await backend.other_connection_gets(key) is False
             entered.set()
             if exit_path == "exception":
                 raise RuntimeError("handler failed")
@@ -164,11 +151,11 @@ async def test_advisory_lock_released_when_session_ends(
     )
     with expectation:
         await task
-    assert await _other_connection_gets(name) == 1
+    assert await backend.other_connection_gets(key) is True
     assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
 
 
-async def test_advisory_lock_timeout_and_reentry(engine: AsyncEngine) -> None:
+async def test_advisory_lock_timeout_and_reentry(engine: AsyncEngine, backend: Backend) -> None:
     """A key held elsewhere times out with LockTimeoutError after about the timeout; the
     holder may take it again; timeout=0 tries once; bad timeouts are rejected."""
     key = f"report:{id(engine)}"
@@ -187,7 +174,7 @@ async def test_advisory_lock_timeout_and_reentry(engine: AsyncEngine) -> None:
             with pytest.raises(LockTimeoutError):
                 await AdvisoryLock(other, key, timeout=0).acquire()
             assert not other.is_rollback_only
-    assert await _other_connection_gets(lock_name(key)) == 1
+    assert await backend.other_connection_gets(key) is True
     async with DbSession(engine) as s:
         for bad in (-1, float("nan"), float("inf"), "1", True):
             with pytest.raises(ConfigurationError):
@@ -196,20 +183,19 @@ async def test_advisory_lock_timeout_and_reentry(engine: AsyncEngine) -> None:
             AdvisoryLock(s, 1.5)  # type: ignore[arg-type]
 
 
-async def test_advisory_lock_null_result_is_an_error(engine: AsyncEngine) -> None:
-    """A GET_LOCK wait killed on the server (NULL result) raises LockAcquireError, not a
-    timeout."""
+async def test_killed_lock_wait_is_an_error(engine: AsyncEngine, backend: Backend) -> None:
+    """A named-lock wait cancelled on the server (MySQL: GET_LOCK returns NULL; PostgreSQL:
+    the statement is cancelled) raises LockAcquireError, not a timeout."""
     key = f"killed:{id(engine)}"
     async with DbSession(engine) as holder:
         await AdvisoryLock(holder, key).acquire()
         async with DbSession(engine) as waiter:
-            raw = await waiter.connection.get_raw_connection()
-            waiter_id = raw.driver_connection.thread_id()  # type: ignore[union-attr]
+            waiter_id = await waiter.execute_scalar(backend.connection_id_sql)
 
             async def kill_soon() -> None:
                 await asyncio.sleep(0.3)
                 async with DbSession(engine) as killer:
-                    await killer.execute(f"KILL QUERY {int(waiter_id)}")
+                    await killer.execute(backend.cancel_statement_sql(waiter_id))
 
             killer_task = asyncio.create_task(kill_soon())
             with pytest.raises(LockAcquireError):
@@ -249,13 +235,13 @@ def test_lock_names_distinguish_tricky_keys() -> None:
     assert lock_name(b"user:7") == lock_name("user:7")  # same bytes, same lock
 
 
-async def test_tricky_keys_exclude_only_themselves(engine: AsyncEngine) -> None:
+async def test_tricky_keys_exclude_only_themselves(engine: AsyncEngine, backend: Backend) -> None:
     """Holding one key blocks exactly that key: its case and NUL variants stay free."""
     base = f"Acct\0{id(engine)}"
     variants = [base.upper(), base.lower(), base.replace("\0", "\0x")]
     async with DbSession(engine) as s:
         await AdvisoryLock(s, base, timeout=0).acquire()
-        assert await _other_connection_gets(lock_name(base)) == 0
+        assert await backend.other_connection_gets(base) is False
         for variant in variants:
             assert variant != base
-            assert await _other_connection_gets(lock_name(variant)) == 1
+            assert await backend.other_connection_gets(variant) is True

@@ -30,10 +30,11 @@ from safesync_async import (
 from safesync_async.db.identifiers import validate_identifier
 
 from ..conftest import TableFactory
+from ..support.backends import Backend
 
 ACCOUNTS = (
-    "CREATE TABLE `{table}` (id INT PRIMARY KEY, balance INT NOT NULL, "
-    "version INT NOT NULL DEFAULT 0, id_value INT, ss_id_ INT, `select` INT)"
+    "CREATE TABLE {table} (id INT PRIMARY KEY, balance INT NOT NULL, "
+    "version INT NOT NULL DEFAULT 0, id_value INT, ss_id_ INT, {q[select]} INT)"
 )
 
 
@@ -41,7 +42,7 @@ async def _accounts(engine: AsyncEngine, make_table: TableFactory) -> str:
     table = await make_table(ACCOUNTS)
     async with DbSession(engine) as s:
         await s.execute(
-            f"INSERT INTO `{table}` (id, balance, id_value, ss_id_) VALUES "
+            f"INSERT INTO {table} (id, balance, id_value, ss_id_) VALUES "
             "(1, 100, 2, 2), (2, 100, 1, 1)"
         )
     return table
@@ -59,12 +60,12 @@ async def test_occ_update_matches_version(engine: AsyncEngine, make_table: Table
                 s, table, "id", 1, "version", 0, {"balance": 5}, raise_on_conflict=True
             )
         assert await occ_update(s, table, "id", 1, "version", 1, {"balance": 90}) == 1
-        row = await s.fetch_one(f"SELECT balance, version FROM `{table}` WHERE id = 1")
+        row = await s.fetch_one(f"SELECT balance, version FROM {table} WHERE id = 1")
     assert row == {"balance": 90, "version": 2}
 
 
 async def test_columns_named_like_parameters_update_the_right_row(
-    engine: AsyncEngine, make_table: TableFactory
+    engine: AsyncEngine, backend: Backend, make_table: TableFactory
 ) -> None:
     """Columns named id_value, ss_id_ (our own bind name) and the reserved word select are
     set without touching the WHERE clause: only row 1 changes (hazard D2)."""
@@ -72,7 +73,9 @@ async def test_columns_named_like_parameters_update_the_right_row(
     async with DbSession(engine) as s:
         updates = {"id_value": 77, "ss_id_": 78, "select": 79, "balance": sa.column("balance") + 1}
         assert await occ_update(s, table, "id", 1, "version", 0, updates) == 1
-        rows = await s.fetch_all(f"SELECT id, balance, id_value, ss_id_, `select` FROM `{table}`")
+        rows = await s.fetch_all(
+            f"SELECT id, balance, id_value, ss_id_, {backend.q('select')} FROM {table} ORDER BY id"
+        )
     assert rows == [
         {"id": 1, "balance": 101, "id_value": 77, "ss_id_": 78, "select": 79},
         {"id": 2, "balance": 100, "id_value": 1, "ss_id_": 1, "select": None},
@@ -143,15 +146,17 @@ def test_identifier_validation_is_a_full_match() -> None:
         assert validate_identifier(good, "table") == good
 
 
-async def test_insert_idempotent(engine: AsyncEngine, make_table: TableFactory) -> None:
+async def test_insert_idempotent(
+    engine: AsyncEngine, backend: Backend, make_table: TableFactory
+) -> None:
     """insert_idempotent returns True then False for the same key without making the session
     rollback-only, keeps strict-mode errors as errors (no INSERT IGNORE coercion), and with
     key= treats a collision on another unique key as an error (hazard D11)."""
     table = await make_table(
-        "CREATE TABLE `{table}` (id INT PRIMARY KEY, ref VARCHAR(5) NOT NULL, "
-        "UNIQUE KEY uq_ref (ref))"
+        "CREATE TABLE {table} (id INT PRIMARY KEY, ref VARCHAR(5) NOT NULL, "
+        "CONSTRAINT uq_ref UNIQUE (ref))"
     )
-    sql = f"INSERT INTO `{table}` (id, ref) VALUES (:id, :ref)"
+    sql = f"INSERT INTO {table} (id, ref) VALUES (:id, :ref)"
     async with DbSession(engine) as s:
         assert await insert_idempotent(s, sql, {"id": 1, "ref": "a"}) is True
         assert await insert_idempotent(s, sql, {"id": 1, "ref": "b"}) is False
@@ -162,14 +167,14 @@ async def test_insert_idempotent(engine: AsyncEngine, make_table: TableFactory) 
             await insert_idempotent(s, sql, {"id": 5, "ref": "e"})
             with pytest.raises(DuplicateKeyError) as info:
                 await insert_idempotent(s, sql, {"id": 1, "ref": "c"}, key="uq_ref")
-            assert info.value.constraint == "PRIMARY"
+            assert info.value.constraint == ("PRIMARY" if backend.is_mysql else f"{table}_pkey")
             assert s.is_rollback_only
     async with DbSession(engine) as s:
-        assert await s.fetch_all(f"SELECT id, ref FROM `{table}`") == [{"id": 1, "ref": "a"}]
+        assert await s.fetch_all(f"SELECT id, ref FROM {table}") == [{"id": 1, "ref": "a"}]
     with pytest.raises(DatabaseError) as too_long:
         async with DbSession(engine) as s:
             await insert_idempotent(s, sql, {"id": 3, "ref": "toolongvalue"})
-    assert too_long.value.errno == 1406  # strict mode refuses to truncate
+    assert backend.code(too_long.value) == backend.codes["too_long"]  # never truncated
 
 
 async def test_insert_idempotent_under_concurrency(
@@ -177,20 +182,20 @@ async def test_insert_idempotent_under_concurrency(
 ) -> None:
     """32 tasks inserting the same 10 keys: each key is inserted exactly once and every other
     attempt reports a duplicate."""
-    table = await make_table("CREATE TABLE `{table}` (k INT PRIMARY KEY, who INT)")
+    table = await make_table("CREATE TABLE {table} (k INT PRIMARY KEY, who INT)")
 
     async def worker(n: int) -> int:
         inserted = 0
         for key in range(10):
             async with DbSession(engine) as s:
-                sql = f"INSERT INTO `{table}` VALUES (:k, :w)"
+                sql = f"INSERT INTO {table} VALUES (:k, :w)"
                 inserted += await insert_idempotent(s, sql, {"k": key, "w": n})
         return inserted
 
     results = await asyncio.gather(*(worker(n) for n in range(32)))
     assert sum(results) == 10
     async with DbSession(engine) as s:
-        assert await s.execute_scalar(f"SELECT COUNT(*) FROM `{table}`") == 10
+        assert await s.execute_scalar(f"SELECT COUNT(*) FROM {table}") == 10
 
 
 async def test_retry_transaction_retries_only_what_it_should(
@@ -207,7 +212,7 @@ async def test_retry_transaction_retries_only_what_it_should(
             raise VersionConflictError("first attempt loses")
         if len(attempts) == 2:
             raise DeadlockError("second attempt is a deadlock victim", errno=1213)
-        await s.execute(f"UPDATE `{table}` SET balance = balance + 1 WHERE id = 1")
+        await s.execute(f"UPDATE {table} SET balance = balance + 1 WHERE id = 1")
         return "ok"
 
     assert await retry_transaction(engine, flaky, base_delay=0.001) == "ok"

@@ -22,7 +22,7 @@ from safesync_async import (
 )
 
 from ..conftest import TableFactory
-from ..support.pool import pool_report
+from ..support.backends import Backend
 
 WORKERS = 32
 TRANSFERS_PER_WORKER = 15
@@ -33,9 +33,11 @@ Transfer = Callable[[DbSession, str, int, int, int], Awaitable[None]]
 
 
 async def _occ(s: DbSession, table: str, src: int, dst: int, amount: int) -> None:
-    for account, delta in ((src, -amount), (dst, amount)):
+    # Rows in id order: the writes then never deadlock (PostgreSQL only detects a
+    # deadlock after deadlock_timeout, 1 s by default).
+    for account, delta in sorted(((src, -amount), (dst, amount))):
         row = await s.fetch_one(
-            f"SELECT balance, version FROM `{table}` WHERE id = :id", {"id": account}
+            f"SELECT balance, version FROM {table} WHERE id = :id", {"id": account}
         )
         assert row is not None
         await occ_update(
@@ -52,7 +54,7 @@ async def _row_lock(s: DbSession, table: str, src: int, dst: int, amount: int) -
         rows[account] = row["balance"]
     for account, delta in ((src, -amount), (dst, amount)):
         await s.execute(
-            f"UPDATE `{table}` SET balance = :b WHERE id = :id",
+            f"UPDATE {table} SET balance = :b WHERE id = :id",
             {"b": rows[account] + delta, "id": account},
         )
 
@@ -63,10 +65,10 @@ async def _advisory(s: DbSession, table: str, src: int, dst: int, amount: int) -
     for account, delta in ((src, -amount), (dst, amount)):
         # A plain read-modify-write: only the named lock makes it safe.
         balance = await s.execute_scalar(
-            f"SELECT balance FROM `{table}` WHERE id = :id", {"id": account}
+            f"SELECT balance FROM {table} WHERE id = :id", {"id": account}
         )
         await s.execute(
-            f"UPDATE `{table}` SET balance = :b WHERE id = :id",
+            f"UPDATE {table} SET balance = :b WHERE id = :id",
             {"b": balance + delta, "id": account},
         )
 
@@ -80,18 +82,18 @@ async def _advisory(s: DbSession, table: str, src: int, dst: int, amount: int) -
     ],
 )
 async def test_concurrent_transfers_conserve_money(
-    engine: AsyncEngine, make_table: TableFactory, transfer: Transfer
+    engine: AsyncEngine, backend: Backend, make_table: TableFactory, transfer: Transfer
 ) -> None:
     """With 32 concurrent workers, money is conserved and each account matches the committed
     transfers exactly."""
     table = await make_table(
-        "CREATE TABLE `{table}` (id INT PRIMARY KEY, balance INT NOT NULL, "
+        "CREATE TABLE {table} (id INT PRIMARY KEY, balance INT NOT NULL, "
         "version INT NOT NULL DEFAULT 0)"
     )
     async with DbSession(engine) as s:
         for account in range(1, ACCOUNTS + 1):
             await s.execute(
-                f"INSERT INTO `{table}` (id, balance) VALUES (:id, :b)",
+                f"INSERT INTO {table} (id, balance) VALUES (:id, :b)",
                 {"id": account, "b": OPENING},
             )
     committed: Counter[int] = Counter()
@@ -122,10 +124,10 @@ async def test_concurrent_transfers_conserve_money(
 
     await asyncio.gather(*(worker(seed) for seed in range(WORKERS)))
     async with DbSession(engine) as s:
-        rows = await s.fetch_all(f"SELECT id, balance FROM `{table}`")
+        rows = await s.fetch_all(f"SELECT id, balance FROM {table}")
     balances = {row["id"]: row["balance"] for row in rows}
     assert sum(balances.values()) == ACCOUNTS * OPENING
     assert balances == {a: OPENING + committed[a] for a in range(1, ACCOUNTS + 1)}
     assert gave_up <= WORKERS * TRANSFERS_PER_WORKER // 20
-    report = await pool_report(engine)
+    report = await backend.pool_report(engine)
     assert (report.checked_out, report.open_transactions) == (0, 0)

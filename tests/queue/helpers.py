@@ -10,10 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from safesync_async import DbSession, QueueMessage
 
-EFFECTS = (
-    "CREATE TABLE `{table}` (seq BIGINT AUTO_INCREMENT PRIMARY KEY, "
-    "message_id VARCHAR(40) NOT NULL, n INT, KEY (message_id))"
-)
+EFFECTS = "CREATE TABLE {table} (seq {autoinc}, message_id VARCHAR(40) NOT NULL, n INT)"
 
 
 def effect_writer(table: str) -> Callable[[QueueMessage[object], DbSession], Awaitable[None]]:
@@ -23,7 +20,7 @@ def effect_writer(table: str) -> Callable[[QueueMessage[object], DbSession], Awa
         payload = message.payload
         n = payload.get("n") if isinstance(payload, dict) else None
         await session.execute(
-            f"INSERT INTO `{table}` (message_id, n) VALUES (:id, :n)", {"id": message.id, "n": n}
+            f"INSERT INTO {table} (message_id, n) VALUES (:id, :n)", {"id": message.id, "n": n}
         )
 
     return handler
@@ -33,7 +30,7 @@ async def effect_counts(engine: AsyncEngine, table: str) -> tuple[int, int]:
     """(rows, distinct message ids) in an effect table."""
     async with DbSession(engine) as s:
         row = await s.fetch_one(
-            f"SELECT COUNT(*) AS n, COUNT(DISTINCT message_id) AS d FROM `{table}`"
+            f"SELECT COUNT(*) AS n, COUNT(DISTINCT message_id) AS d FROM {table}"
         )
     assert row is not None
     return int(row["n"]), int(row["d"])

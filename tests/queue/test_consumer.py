@@ -258,7 +258,7 @@ async def test_stop_under_load_drains_and_acks_every_commit(
     await task
     assert time.monotonic() - stopped_at < 2.0
     async with DbSession(engine) as s:
-        applied = {r["message_id"] for r in await s.fetch_all(f"SELECT message_id FROM `{table}`")}
+        applied = {r["message_id"] for r in await s.fetch_all(f"SELECT message_id FROM {table}")}
     pending = await redis.xpending_range(stream, "workers", "-", "+", 5_000)
     pending_ids = {r["message_id"].decode() for r in pending}
     assert applied and not (applied & pending_ids)  # committed => acked

@@ -28,11 +28,12 @@ from safesync_async import (
 )
 
 from ..conftest import TableFactory
+from ..support.backends import Backend
 from .helpers import pending_count
 
 EFFECTS = (
-    "CREATE TABLE `{table}` (seq BIGINT AUTO_INCREMENT PRIMARY KEY, message_id VARCHAR(40), "
-    "message_key VARCHAR(200), n INT, KEY (message_key))"
+    "CREATE TABLE {table} (seq {autoinc}, message_id VARCHAR(40), "
+    "message_key VARCHAR(200), n INT)"
 )
 KILL_POINTS = [
     ("consumer.after_fetch", 17),
@@ -45,8 +46,9 @@ KILL_POINTS = [
 ]
 
 
-def _start(*args: str, failpoints: str = "") -> subprocess.Popen[bytes]:
-    env = dict(os.environ, SAFESYNC_FAILPOINTS=failpoints)
+def _start(backend: Backend, *args: str, failpoints: str = "") -> subprocess.Popen[bytes]:
+    """A worker process on the backend under test, with the given failpoints."""
+    env = dict(os.environ, SAFESYNC_FAILPOINTS=failpoints, SAFESYNC_DATABASE_URL=backend.url)
     return subprocess.Popen(
         [sys.executable, "-m", "tests.support.worker", *args],
         env=env,
@@ -65,9 +67,7 @@ async def _wait(process: subprocess.Popen[bytes], timeout: float = 60) -> int:
 
 async def _effects(engine: AsyncEngine, table: str, column: str = "message_id") -> tuple[int, int]:
     async with DbSession(engine) as s:
-        row = await s.fetch_one(
-            f"SELECT COUNT(*) AS n, COUNT(DISTINCT {column}) AS d FROM `{table}`"
-        )
+        row = await s.fetch_one(f"SELECT COUNT(*) AS n, COUNT(DISTINCT {column}) AS d FROM {table}")
     assert row is not None
     return int(row["n"]), int(row["d"])
 
@@ -85,6 +85,7 @@ async def inbox(engine: AsyncEngine, unique_name: Any) -> Any:
 @pytest.mark.parametrize("with_inbox", [True, False], ids=["inbox", "no-inbox"])
 async def test_consumers_killed_at_every_point(
     engine: AsyncEngine,
+    backend: Backend,
     make_table: TableFactory,
     redis: Any,
     stream: str,
@@ -104,14 +105,14 @@ async def test_consumers_killed_at_every_point(
         args += ["--concurrency", "1", "--prefetch", "0"]
     kills = 0
     for point, at in KILL_POINTS:
-        process = _start(*args, failpoints=f"{point}=kill@{at}")
+        process = _start(backend, *args, failpoints=f"{point}=kill@{at}")
         code = await _wait(process)
         assert code in (0, -signal.SIGKILL), process.error_output  # type: ignore[attr-defined]
         kills += code == -signal.SIGKILL
     rng = random.Random(42)
     for _ in range(4):  # random times: once the worker is busy, kill it within 0.2 s
         before = (await _effects(engine, table))[0]
-        process = _start(*args)
+        process = _start(backend, *args)
         while process.poll() is None and (await _effects(engine, table))[0] == before:
             await asyncio.sleep(0.01)
         await asyncio.sleep(rng.uniform(0.0, 0.2))
@@ -119,7 +120,7 @@ async def test_consumers_killed_at_every_point(
             process.kill()
             kills += 1
         await _wait(process)
-    final = _start(*args)
+    final = _start(backend, *args)
     assert await _wait(final, timeout=120) == 0, final.error_output  # type: ignore[attr-defined]
     rows, distinct = await _effects(engine, table)
     assert distinct == total  # nothing lost
@@ -133,7 +134,12 @@ async def test_consumers_killed_at_every_point(
 
 @pytest.mark.faults
 async def test_batch_replayed_after_kill_is_applied_once(
-    engine: AsyncEngine, make_table: TableFactory, redis: Any, stream: str, inbox: Inbox
+    engine: AsyncEngine,
+    backend: Backend,
+    make_table: TableFactory,
+    redis: Any,
+    stream: str,
+    inbox: Inbox,
 ) -> None:
     """Batch mode: a worker killed after committing a batch and before acking it (and
     around the XACK) gets the whole batch again; the inbox applies every message once."""
@@ -147,14 +153,14 @@ async def test_batch_replayed_after_kill_is_applied_once(
         ("ack.before", 5),
         ("consumer.after_commit", 9),
     ):
-        process = _start(*args, failpoints=f"{point}=kill@{at}")
+        process = _start(backend, *args, failpoints=f"{point}=kill@{at}")
         assert await _wait(process) == -signal.SIGKILL, process.error_output  # type: ignore[attr-defined]
-    final = _start(*args)
+    final = _start(backend, *args)
     assert await _wait(final, timeout=120) == 0, final.error_output  # type: ignore[attr-defined]
     assert await _effects(engine, table) == (total, total)
     async with DbSession(engine) as session:
         replayed = await session.execute_scalar(
-            f"SELECT COUNT(*) FROM `{inbox.table.name}` WHERE stream = :s", {"s": stream}
+            f"SELECT COUNT(*) FROM {inbox.table.name} WHERE stream = :s", {"s": stream}
         )
     assert replayed == total
     assert await pending_count(redis, stream, "g") == 0
@@ -181,7 +187,7 @@ async def _consume_with_inbox(
 ) -> None:
     async def handler(message: QueueMessage[Any], session: DbSession) -> None:
         await session.execute(
-            f"INSERT INTO `{table}` (message_id, message_key, n) VALUES (:id, :key, :n)",
+            f"INSERT INTO {table} (message_id, message_key, n) VALUES (:id, :key, :n)",
             {"id": message.id, "key": Inbox.message_key(message), "n": message.payload["n"]},
         )
 
@@ -194,6 +200,7 @@ async def _consume_with_inbox(
 @pytest.mark.faults
 async def test_relay_killed_between_publish_and_mark_sent(
     engine: AsyncEngine,
+    backend: Backend,
     make_table: TableFactory,
     redis: Any,
     stream: str,
@@ -204,11 +211,13 @@ async def test_relay_killed_between_publish_and_mark_sent(
     after restart; the downstream consumer with an inbox applies each outbox message once."""
     table = await make_table(EFFECTS)
     await _fill_outbox(engine, outbox, stream, 300)
-    killed = _start("relay", "--outbox", outbox.name, failpoints="relay.after_publish=kill@2")
+    killed = _start(
+        backend, "relay", "--outbox", outbox.name, failpoints="relay.after_publish=kill@2"
+    )
     assert await _wait(killed) == -signal.SIGKILL
     assert await redis.xlen(stream) == 100  # two batches of 50 published, one marked sent
     assert (await outbox.status(engine)).pending == 250
-    finisher = _start("relay", "--outbox", outbox.name)
+    finisher = _start(backend, "relay", "--outbox", outbox.name)
     assert await _wait(finisher) == 0
     assert await redis.xlen(stream) == 350  # 50 published twice
     assert (await outbox.status(engine)).pending == 0
@@ -222,20 +231,20 @@ async def test_failed_transaction_publishes_nothing(
 ) -> None:
     """An endpoint-style transaction that writes a row and adds an outbox message and then
     fails leaves neither the row nor the message; a committed one leaves both."""
-    table = await make_table("CREATE TABLE `{table}` (id INT PRIMARY KEY)")
+    table = await make_table("CREATE TABLE {table} (id INT PRIMARY KEY)")
     with pytest.raises(RuntimeError):
         async with DbSession(engine) as session:
-            await session.execute(f"INSERT INTO `{table}` VALUES (1)")
+            await session.execute(f"INSERT INTO {table} VALUES (1)")
             await outbox.add(session, stream, {"order": 1})
             raise RuntimeError("validation failed after the writes")
     async with DbSession(engine) as session:
-        await session.execute(f"INSERT INTO `{table}` VALUES (2)")
+        await session.execute(f"INSERT INTO {table} VALUES (2)")
         await outbox.add(session, stream, {"order": 2}, headers={"traceparent": "00-abc"})
     relay = OutboxRelay(engine, redis, outbox)
     assert await relay.relay_once() == 1
     assert await relay.relay_once() == 0
     async with DbSession(engine) as session:
-        assert await session.fetch_all(f"SELECT id FROM `{table}`") == [{"id": 2}]
+        assert await session.fetch_all(f"SELECT id FROM {table}") == [{"id": 2}]
     [(entry_id, fields)] = await redis.xrange(stream)
     assert fields[b"data"] == b'{"order":2}'
     assert fields[b"traceparent"] == b"00-abc"

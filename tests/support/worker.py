@@ -1,10 +1,13 @@
 """A consumer or an outbox relay as a separate process, for tests that kill it.
 
     python -m tests.support.worker consumer --stream S --group G --effects T [--inbox I]
+        [--hang-ms MS] [--graceful --drain-timeout S] [--max-deliveries N]
     python -m tests.support.worker relay --outbox O
 
 Failpoints come from SAFESYNC_FAILPOINTS (see safesync_async._failpoints). The process
-exits 0 once there is nothing left to do (stream drained / outbox empty).
+exits 0 once there is nothing left to do (stream drained / outbox empty). ``--hang-ms``
+makes each handler sleep inside its transaction; ``--graceful`` installs the SIGTERM /
+SIGINT handlers (a graceful stop, exit code 0).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from safesync_async import (
     QueueConsumer,
     QueueMessage,
     create_redis_client,
+    install_signal_handlers,
 )
 
 from .settings import DATABASE_URL, REDIS_URL
@@ -37,9 +41,11 @@ async def consume(args: argparse.Namespace) -> None:
 
     async def handler(message: QueueMessage[Any], session: DbSession) -> None:
         await session.execute(
-            f"INSERT INTO `{table}` (message_id, message_key, n) VALUES (:id, :key, :n)",
+            f"INSERT INTO {table} (message_id, message_key, n) VALUES (:id, :key, :n)",
             {"id": message.id, "key": Inbox.message_key(message), "n": message.payload.get("n")},
         )
+        if args.hang_ms:
+            await asyncio.sleep(args.hang_ms / 1000)
 
     config = QueueConfig(
         stream_key=args.stream,
@@ -51,9 +57,13 @@ async def consume(args: argparse.Namespace) -> None:
         claim_min_idle_ms=args.claim_min_idle_ms,
         claim_interval_ms=200,
         batch_size=args.batch_size,
+        max_deliveries=args.max_deliveries,
+        drain_timeout=args.drain_timeout,
     )
     inbox = Inbox(args.inbox) if args.inbox else None
     consumer = QueueConsumer(redis, config, inbox=inbox, registry=None)
+    if args.graceful:
+        install_signal_handlers(consumer)
     try:
         await consumer.run_until_drained(handler, engine=engine)
     finally:
@@ -87,6 +97,10 @@ def main() -> None:
     c.add_argument("--prefetch", type=int, default=None)
     c.add_argument("--claim-min-idle-ms", type=int, default=500)
     c.add_argument("--batch-size", type=int, default=1)
+    c.add_argument("--hang-ms", type=int, default=0)
+    c.add_argument("--graceful", action="store_true")
+    c.add_argument("--drain-timeout", type=float, default=30.0)
+    c.add_argument("--max-deliveries", type=int, default=5)
     r = sub.add_parser("relay")
     r.add_argument("--outbox", required=True)
     r.add_argument("--batch-size", type=int, default=50)

@@ -11,12 +11,24 @@ import abc
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy.engine import Dialect as SADialect
 
 from ... import errors
+from ..lock_names import LockKey
 from ..rows import Rows
+
+if TYPE_CHECKING:
+    from ..session import DbSession
+
+
+class AdvisoryOutcome(enum.Enum):
+    """What a named-lock request came to."""
+
+    ACQUIRED = "acquired"
+    TIMEOUT = "timeout"  # held elsewhere for the whole wait
+    FAILED = "failed"  # the server reported an error or the wait was killed
 
 
 class ErrorKind(enum.Enum):
@@ -66,7 +78,7 @@ _ADVICE: dict[ErrorKind, str] = {
     ErrorKind.LOCK_NOT_AVAILABLE: "the row is locked by another transaction (NOWAIT)",
     ErrorKind.DUPLICATE_KEY: "a row with the same unique key already exists",
     ErrorKind.STATEMENT_TIMEOUT: "the server stopped the statement at its time limit",
-    ErrorKind.DISCONNECT: "the database connection was lost and has been discarded",
+    ErrorKind.DISCONNECT: "the database connection was lost or could not be made",
     ErrorKind.OTHER: "the statement failed",
 }
 
@@ -96,6 +108,8 @@ class Dialect(abc.ABC):
 
     #: Short backend name used in messages ("MySQL", "PostgreSQL").
     label: str
+    #: The driver's connect() argument bounding connection time, if it has one.
+    connect_timeout_argument: str | None = None
 
     @abc.abstractmethod
     def classify(self, driver_error: BaseException, *, nowait: bool = False) -> ClassifiedError:
@@ -120,8 +134,9 @@ class Dialect(abc.ABC):
         """SQL that sets the isolation level of the next transaction only."""
 
     @abc.abstractmethod
-    def lock_timeout_sql(self, seconds: float) -> tuple[str, str]:
-        """(set, restore) statements for a session-scoped row lock wait timeout."""
+    def lock_timeout_sql(self, seconds: float) -> tuple[str, str | None]:
+        """(set, restore) statements for the transaction's lock wait timeout; restore is
+        None when the setting ends with the transaction by itself."""
 
     @abc.abstractmethod
     def check_row_lock_options(
@@ -130,12 +145,16 @@ class Dialect(abc.ABC):
         """Raise ConfigurationError if the server cannot do NOWAIT / SKIP LOCKED."""
 
     @abc.abstractmethod
-    def advisory_lock_sql(self) -> str:
-        """SQL taking a named lock; binds ``name`` and ``timeout``; returns 1, 0 or NULL."""
+    async def acquire_advisory_lock(
+        self, session: DbSession, key: LockKey, name: str, wait: float
+    ) -> AdvisoryOutcome:
+        """Take the named lock for ``key`` in the session, waiting at most ``wait``
+        seconds on the server; it must be released when the transaction ends."""
 
     @abc.abstractmethod
-    def release_advisory_locks_sql(self) -> str:
-        """SQL releasing every named lock the connection holds."""
+    def release_advisory_locks_sql(self) -> str | None:
+        """SQL releasing every named lock the connection holds after the transaction,
+        or None when the server releases them at transaction end."""
 
     @abc.abstractmethod
     def server_session_id(self, driver_connection: object) -> int | None:

@@ -5,13 +5,17 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Dialect as SADialect
 
 from ...errors import ConfigurationError
+from ..lock_names import LockKey
 from ..rows import Rows
-from .base import ClassifiedError, Dialect, DirectExecutor, ErrorKind
+from .base import AdvisoryOutcome, ClassifiedError, Dialect, DirectExecutor, ErrorKind
+
+if TYPE_CHECKING:
+    from ..session import DbSession
 
 # Server error numbers, one table (see docs/sessions.md for what each means to callers).
 _ERRNO_KINDS: dict[int, ErrorKind] = {
@@ -52,6 +56,7 @@ class MySQLDialect(Dialect):
     """MySQL and MariaDB: one table of errnos, server-version checks for the differences."""
 
     label = "MySQL"
+    connect_timeout_argument = "connect_timeout"
 
     def classify(self, driver_error: BaseException, *, nowait: bool = False) -> ClassifiedError:
         errno, message = _errno_and_message(driver_error)
@@ -78,7 +83,7 @@ class MySQLDialect(Dialect):
             )
         return f"SET TRANSACTION ISOLATION LEVEL {normalized}"
 
-    def lock_timeout_sql(self, seconds: float) -> tuple[str, str]:
+    def lock_timeout_sql(self, seconds: float) -> tuple[str, str | None]:
         # innodb_lock_wait_timeout is whole seconds, 1 at least on MySQL.
         whole = min(max(1, math.ceil(seconds)), _MAX_LOCK_WAIT_TIMEOUT)
         return (
@@ -106,10 +111,20 @@ class MySQLDialect(Dialect):
                 f"{option} needs {server} {wanted} or newer; this server is {shown}"
             )
 
-    def advisory_lock_sql(self) -> str:
-        return "SELECT GET_LOCK(:name, :timeout)"
+    async def acquire_advisory_lock(
+        self, session: DbSession, key: LockKey, name: str, wait: float
+    ) -> AdvisoryOutcome:
+        # Noted before the call: if the wait is interrupted the server may still grant it.
+        session._note_named_lock()
+        rows = await session._execute(
+            "SELECT GET_LOCK(:name, :timeout)", {"name": name, "timeout": wait}
+        )
+        granted = rows.scalar()
+        if granted == 1:
+            return AdvisoryOutcome.ACQUIRED
+        return AdvisoryOutcome.TIMEOUT if granted == 0 else AdvisoryOutcome.FAILED
 
-    def release_advisory_locks_sql(self) -> str:
+    def release_advisory_locks_sql(self) -> str | None:
         return "SELECT RELEASE_ALL_LOCKS()"
 
     def server_session_id(self, driver_connection: object) -> int | None:

@@ -8,8 +8,9 @@ from types import TracebackType
 
 from ... import tracing
 from ...errors import ConfigurationError, DatabaseError, LockAcquireError, LockTimeoutError
+from ..dialects import AdvisoryOutcome
+from ..lock_names import LockKey, lock_name
 from ..session import DbSession
-from .names import LockKey, lock_name
 
 __all__ = ["AdvisoryLock"]
 
@@ -51,34 +52,28 @@ class AdvisoryLock:
         session = self._session
         metrics = session._metrics
         started = time.perf_counter()
-        # Noted before the call: if the wait is interrupted the server may still grant it.
-        session._note_named_lock()
         try:
             with tracing.lock_span("advisory", self.name, session.db_system):
-                result = await session._execute(
-                    session.dialect.advisory_lock_sql(),
-                    {"name": self.name, "timeout": self.timeout},
+                outcome = await session.dialect.acquire_advisory_lock(
+                    session, self.key, self.name, self.timeout
                 )
         except DatabaseError:
             metrics.inc("lock_acquisitions", "advisory", "error")
             raise
-        granted = result.scalar()
         metrics.observe("lock_wait_seconds", time.perf_counter() - started, "advisory")
-        if granted == 1:
-            metrics.inc("lock_acquisitions", "advisory", "acquired")
+        metrics.inc("lock_acquisitions", "advisory", outcome.value)
+        if outcome is AdvisoryOutcome.ACQUIRED:
             return
-        if granted == 0:
-            metrics.inc("lock_acquisitions", "advisory", "timeout")
+        if outcome is AdvisoryOutcome.TIMEOUT:
             raise LockTimeoutError(
                 f"advisory lock {self.key!r} not acquired within {self.timeout:g} s: another "
                 "connection holds it",
                 key=self.key,
                 lock_name=self.name,
             )
-        metrics.inc("lock_acquisitions", "advisory", "error")
         raise LockAcquireError(
-            f"advisory lock {self.key!r}: the server returned {granted!r} instead of 1 or 0 "
-            "(an error occurred or the wait was killed)",
+            f"advisory lock {self.key!r}: the server reported an error instead of granting "
+            "or refusing it (the wait was killed?)",
             key=self.key,
             lock_name=self.name,
         )

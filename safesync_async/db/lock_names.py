@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-from ...errors import ConfigurationError
+from ..errors import ConfigurationError
 
 __all__ = ["LockKey", "lock_digest", "lock_name"]
 
