@@ -1,7 +1,8 @@
 """Developer and CI tasks: ``nox`` runs lint, type checks and the tests; ``nox -s demo``
-runs the end-to-end demo. Sessions reuse MySQL/MariaDB and Redis already listening on
-loopback (or at SAFESYNC_DATABASE_URL / SAFESYNC_REDIS_URL); where a Docker engine is
-available and nothing listens, they start compose.yaml."""
+runs the end-to-end demo (on embedded servers unless URLs are given). The tests reuse
+MariaDB/MySQL, PostgreSQL and Redis already listening on loopback (or at
+SAFESYNC_DATABASE_URL / SAFESYNC_POSTGRES_URL / SAFESYNC_REDIS_URL); where a Docker engine
+is available and nothing listens, they start compose.yaml."""
 
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ nox.options.error_on_missing_interpreters = True
 
 PYPROJECT = nox.project.load_toml("pyproject.toml")
 DATABASE_URL = os.environ.get("SAFESYNC_DATABASE_URL", "mysql+asyncmy://root@127.0.0.1:3306/test")
+POSTGRES_URL = os.environ.get(
+    "SAFESYNC_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+)
 REDIS_URL = os.environ.get("SAFESYNC_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
@@ -41,7 +45,11 @@ def _docker_available() -> bool:
 def _ensure_services(session: nox.Session) -> None:
     missing = [
         name
-        for name, url, port in (("database", DATABASE_URL, 3306), ("redis", REDIS_URL, 6379))
+        for name, url, port in (
+            ("database", DATABASE_URL, 3306),
+            ("postgresql", POSTGRES_URL, 5432),
+            ("redis", REDIS_URL, 6379),
+        )
         if not _listening(url, port)
     ]
     if not missing:
@@ -50,15 +58,16 @@ def _ensure_services(session: nox.Session) -> None:
         session.run("docker", "compose", "up", "--detach", "--wait", external=True)
         return
     session.error(
-        f"not reachable: {', '.join(missing)} (database {DATABASE_URL}, redis {REDIS_URL}). "
-        "Start MySQL/MariaDB and Redis locally, run `docker compose up -d --wait`, or point "
-        "SAFESYNC_DATABASE_URL / SAFESYNC_REDIS_URL at running servers."
+        f"not reachable: {', '.join(missing)} (database {DATABASE_URL}, postgresql "
+        f"{POSTGRES_URL}, redis {REDIS_URL}). Start them locally, run `docker compose up -d "
+        "--wait`, or point SAFESYNC_DATABASE_URL / SAFESYNC_POSTGRES_URL / SAFESYNC_REDIS_URL "
+        "at running servers."
     )
 
 
 def _install(session: nox.Session, *groups: str) -> None:
     """The package with every extra (the tests cover them all) and the given groups."""
-    session.install("-e", ".[fastapi,cli,otel]")
+    session.install("-e", ".[fastapi,cli,otel,postgres,embedded]")
     for group in groups:
         session.install(*nox.project.dependency_groups(PYPROJECT, group))
 
@@ -88,7 +97,7 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def demo(session: nox.Session) -> None:
-    """The end-to-end demo: publish transfers, consume them into the database, verify."""
+    """The end-to-end demo: publish transfers, consume them into the database, verify.
+    With no SAFESYNC_DATABASE_URL / SAFESYNC_REDIS_URL it runs on embedded servers."""
     _install(session)
-    _ensure_services(session)
     session.run("python", "-m", "examples.demo", *session.posargs)

@@ -1,8 +1,13 @@
-"""End-to-end demo: publish money transfers to a Redis stream, consume them into MariaDB/MySQL
-with several concurrent consumers, then verify that money is conserved, every transfer was
-applied exactly once and nothing is left pending.
+"""End-to-end demo: publish money transfers to a Redis stream, consume them into the
+database with several concurrent consumers, then verify that money is conserved, every
+transfer was applied exactly once and nothing is left pending.
 
     python -m examples.demo --messages 20000 --consumers 2 --concurrency 32
+
+With no URL given it needs no services at all: it starts a private PostgreSQL and Valkey
+(the ``embedded`` extra) in a temporary directory and removes them afterwards. Give
+``--database`` / ``--redis`` (or SAFESYNC_DATABASE_URL / SAFESYNC_REDIS_URL) to use real
+MySQL/MariaDB or PostgreSQL and Redis instead.
 
 Exits 0 when every invariant holds, 1 when one fails, 2 when a server is unreachable.
 """
@@ -12,15 +17,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import random
 import sys
 import time
 from typing import Any
 
 from redis.asyncio import Redis
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from safesync_async import (
+    ConfigurationError,
     DbSession,
     Inbox,
     QueueConfig,
@@ -28,11 +35,11 @@ from safesync_async import (
     QueueMessage,
     QueueProducer,
     SafeSyncError,
+    create_engine,
     create_redis_client,
     stream_health,
 )
-
-from .settings import DATABASE_URL, REDIS_URL
+from safesync_async.embedded import EmbeddedServers
 
 STREAM = "demo:transfers"
 GROUP = "ledger"
@@ -66,7 +73,7 @@ async def prepare(engine: AsyncEngine, redis: Redis, accounts: int) -> None:
         )
         await session.execute(
             "CREATE TABLE IF NOT EXISTS demo_transfers (message_id VARCHAR(40) NOT NULL, "
-            "source INT NOT NULL, target INT NOT NULL, amount INT NOT NULL, KEY (message_id))"
+            "source INT NOT NULL, target INT NOT NULL, amount INT NOT NULL)"
         )
         await session.execute("DELETE FROM demo_transfers")
         await session.execute(f"DELETE FROM {INBOX.table.name}")
@@ -84,7 +91,7 @@ async def verify(engine: AsyncEngine, redis: Redis, accounts: int, messages: int
     """Every invariant the demo promises; returns the ones that failed."""
     failures = []
     async with DbSession(engine) as session:
-        total = await session.execute_scalar("SELECT SUM(balance) FROM demo_accounts")
+        total = int(await session.execute_scalar("SELECT SUM(balance) FROM demo_accounts"))
         applied = await session.execute_scalar(
             "SELECT COUNT(DISTINCT message_id) FROM demo_transfers"
         )
@@ -123,15 +130,15 @@ async def verify(engine: AsyncEngine, redis: Redis, accounts: int, messages: int
     return failures
 
 
-async def reachable(engine: AsyncEngine, redis: Redis) -> bool:
+async def reachable(engine: AsyncEngine, redis: Redis, database_url: str, redis_url: str) -> bool:
     try:
         async with DbSession(engine) as session:
             await session.execute("SELECT 1")
     except SafeSyncError as exc:
         print(
-            f"Cannot reach the database at {DATABASE_URL} ({exc}).\n"
-            "Start MySQL/MariaDB (for example `docker compose up -d --wait`) or set "
-            "SAFESYNC_DATABASE_URL=mysql+asyncmy://user:password@host:port/database",
+            f"Cannot reach the database at {database_url} ({exc}).\n"
+            "Start it (for example `docker compose up -d --wait`), pass --database URL, "
+            "or give no URL at all to use embedded servers.",
             file=sys.stderr,
         )
         return False
@@ -139,9 +146,9 @@ async def reachable(engine: AsyncEngine, redis: Redis) -> bool:
         await redis.ping()
     except Exception as exc:
         print(
-            f"Cannot reach Redis at {REDIS_URL} ({exc}).\n"
-            "Start Redis (for example `docker compose up -d --wait`) or set "
-            "SAFESYNC_REDIS_URL=redis://host:port/0",
+            f"Cannot reach Redis at {redis_url} ({exc}).\n"
+            "Start it (for example `docker compose up -d --wait`), pass --redis URL, "
+            "or give no URL at all to use embedded servers.",
             file=sys.stderr,
         )
         return False
@@ -149,17 +156,20 @@ async def reachable(engine: AsyncEngine, redis: Redis) -> bool:
 
 
 async def main(
+    database_url: str,
+    redis_url: str,
     messages: int = 20_000,
     consumers: int = 2,
     concurrency: int = 32,
     accounts: int = 200,
     time_limit: float = 600.0,
 ) -> int:
-    engine = create_async_engine(DATABASE_URL, pool_size=consumers * concurrency, max_overflow=4)
-    redis = create_redis_client(REDIS_URL, block_ms=200)
+    engine = create_engine(database_url, pool_size=consumers * concurrency, max_overflow=4)
+    redis = create_redis_client(redis_url, block_ms=200)
     try:
-        if not await reachable(engine, redis):
+        if not await reachable(engine, redis, database_url, redis_url):
             return 2
+        print(f"database {engine.dialect.name}, redis {redis_url}")
         await prepare(engine, redis, accounts)
         rng = random.Random(7)
         transfers = []
@@ -215,9 +225,26 @@ def cli() -> None:
     parser.add_argument("--consumers", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--accounts", type=int, default=200)
+    parser.add_argument("--database", default=os.environ.get("SAFESYNC_DATABASE_URL"))
+    parser.add_argument("--redis", default=os.environ.get("SAFESYNC_REDIS_URL"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
-    sys.exit(asyncio.run(main(args.messages, args.consumers, args.concurrency, args.accounts)))
+    sizes = (args.messages, args.consumers, args.concurrency, args.accounts)
+    if args.database and args.redis:
+        sys.exit(asyncio.run(main(args.database, args.redis, *sizes)))
+    if args.database or args.redis:
+        parser.error("give both --database and --redis, or neither (embedded servers)")
+    try:
+        servers = EmbeddedServers().start()
+    except ConfigurationError as exc:
+        print(exc, file=sys.stderr)
+        sys.exit(2)
+    print("no URLs given: using embedded PostgreSQL and Valkey (removed afterwards)")
+    try:
+        code = asyncio.run(main(servers.database_url, servers.redis_url, *sizes))
+    finally:
+        servers.stop()
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ assertions check the outcome they print)."""
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 import subprocess
 import sys
@@ -13,6 +14,9 @@ from typing import cast
 import pytest
 
 import examples
+
+from .support.backends import MARIADB
+from .support.settings import REDIS_URL
 
 EXAMPLES = sorted(
     info.name
@@ -45,14 +49,21 @@ async def test_example_runs(name: str) -> None:
     await main()
 
 
-def test_demo_command() -> None:
-    """The README's demo command runs end to end and exits 0 with every invariant checked."""
+@pytest.mark.parametrize("servers", ["embedded", "configured"])
+def test_demo_command(servers: str) -> None:
+    """The README's demo command runs end to end and exits 0 with every invariant checked:
+    with no URL (embedded PostgreSQL and Valkey) and with MariaDB and Redis given."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAFESYNC_")}
+    if servers == "configured":
+        env.update(SAFESYNC_DATABASE_URL=MARIADB.url, SAFESYNC_REDIS_URL=REDIS_URL)
     result = subprocess.run(
         [sys.executable, "-m", "examples.demo", "--messages", "2000", "--concurrency", "16"],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=180,
         check=False,
+        env=env,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "all invariants hold" in result.stdout
+    assert ("embedded" in result.stdout) == (servers == "embedded")

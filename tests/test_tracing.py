@@ -46,7 +46,8 @@ async def test_process_span_links_to_the_publisher(
     with tracer.start_as_current_span("endpoint") as parent:
         entry_id = await safesync_stream.producer.publish({"order": 1})
     producer_context = parent.get_span_context()
-    [(_, fields)] = await safesync_stream.redis.xrange(safesync_stream.key)
+    entries: Any = await safesync_stream.redis.xrange(safesync_stream.key)
+    [(_, fields)] = entries
     assert fields[b"traceparent"].decode().split("-")[1] == f"{producer_context.trace_id:032x}"
 
     async def handler(message: QueueMessage[Any], session: DbSession) -> None:
@@ -78,5 +79,6 @@ async def test_trace_context_can_be_left_out(safesync_stream: StreamFixture) -> 
     synchronous library's strict parser accepts), even with tracing active."""
     producer = QueueProducer(safesync_stream.redis, safesync_stream.key, trace_context=False)
     await producer.publish({"order": 2})
-    [(_, fields)] = await safesync_stream.redis.xrange(safesync_stream.key)
+    entries: Any = await safesync_stream.redis.xrange(safesync_stream.key)
+    [(_, fields)] = entries
     assert set(fields) == {b"data"}

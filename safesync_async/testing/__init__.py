@@ -11,9 +11,10 @@ Fixtures (async ones run under anyio's pytest plugin on asyncio; mark tests with
 ``@pytest.mark.anyio`` or use anyio's auto mode):
 
 ``safesync_database_url`` / ``safesync_redis_url``
-    From the ini options ``safesync_database_url`` / ``safesync_redis_url``, else the
-    environment variables ``SAFESYNC_DATABASE_URL`` / ``SAFESYNC_REDIS_URL``, else local
-    servers on the default ports.
+    From the environment variables ``SAFESYNC_DATABASE_URL`` / ``SAFESYNC_REDIS_URL``,
+    else the ini options ``safesync_database_url`` / ``safesync_redis_url``, else embedded
+    servers (a private PostgreSQL and Valkey, the ``embedded`` extra) started once for the
+    test session: a suite runs on a laptop with no database or Redis installed.
 ``safesync_engine``
     An engine from :func:`safesync_async.create_engine`, disposed after the test.
 ``safesync_session``
@@ -32,7 +33,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..db.engine import create_engine
 from ..db.session import DbSession
+from ..embedded import EmbeddedServers
 from ..queue.client import create_redis_client
 from ..queue.config import QueueConfig
 from ..queue.consumer import QueueConsumer
@@ -50,20 +52,25 @@ from ..queue.producer import QueueProducer
 
 __all__ = ["StreamFixture"]
 
-DEFAULT_DATABASE_URL = "mysql+asyncmy://root@127.0.0.1:3306/test"
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("safesync_database_url", "database URL for the safesync_* fixtures")
     parser.addini("safesync_redis_url", "Redis URL for the safesync_* fixtures")
 
 
-def _setting(config: pytest.Config, name: str, default: str) -> str:
-    value = config.getini(name)
-    if isinstance(value, str) and value:
-        return value
-    return os.environ.get(name.upper(), default)
+def _setting(request: pytest.FixtureRequest, name: str) -> str | None:
+    value = os.environ.get(name.upper()) or request.config.getini(name)
+    return value if isinstance(value, str) and value else None
+
+
+@pytest.fixture(scope="session")
+def safesync_embedded_servers() -> Iterator[EmbeddedServers]:
+    """Embedded PostgreSQL and Valkey for the session, used when no URL is configured."""
+    servers = EmbeddedServers().start()
+    try:
+        yield servers
+    finally:
+        servers.stop()
 
 
 @pytest.fixture(scope="session")
@@ -73,13 +80,21 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture(scope="session")
-def safesync_database_url(pytestconfig: pytest.Config) -> str:
-    return _setting(pytestconfig, "safesync_database_url", DEFAULT_DATABASE_URL)
+def safesync_database_url(request: pytest.FixtureRequest) -> str:
+    configured = _setting(request, "safesync_database_url")
+    if configured is not None:
+        return configured
+    servers: EmbeddedServers = request.getfixturevalue("safesync_embedded_servers")
+    return servers.database_url
 
 
 @pytest.fixture(scope="session")
-def safesync_redis_url(pytestconfig: pytest.Config) -> str:
-    return _setting(pytestconfig, "safesync_redis_url", DEFAULT_REDIS_URL)
+def safesync_redis_url(request: pytest.FixtureRequest) -> str:
+    configured = _setting(request, "safesync_redis_url")
+    if configured is not None:
+        return configured
+    servers: EmbeddedServers = request.getfixturevalue("safesync_embedded_servers")
+    return servers.redis_url
 
 
 @pytest.fixture

@@ -118,6 +118,7 @@ def test_sql_fragments() -> None:
         DIALECT.isolation_level_sql("SNAPSHOT")
     set_sql, restore_sql = DIALECT.lock_timeout_sql(0.2)
     assert set_sql.endswith("SESSION innodb_lock_wait_timeout = 1")
+    assert restore_sql is not None
     assert "@safesync_saved_lock_wait_timeout" in restore_sql
     assert DIALECT.lock_timeout_sql(2.5)[0].endswith("= 3")
     assert DIALECT.kill_session_sql(42) == "KILL CONNECTION 42"
