@@ -32,8 +32,7 @@ from ..support.backends import Backend
 from .helpers import pending_count
 
 EFFECTS = (
-    "CREATE TABLE {table} (seq {autoinc}, message_id VARCHAR(40), "
-    "message_key VARCHAR(200), n INT)"
+    "CREATE TABLE {table} (seq {autoinc}, message_id VARCHAR(40), message_key VARCHAR(200), n INT)"
 )
 KILL_POINTS = [
     ("consumer.after_fetch", 17),
