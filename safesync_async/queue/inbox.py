@@ -79,14 +79,17 @@ class Inbox:
     async def record(self, session: DbSession, group: str, message: QueueMessage[Any]) -> bool:
         """Insert the message's row in the session's transaction; False if it is already
         there (the message was processed before: skip it)."""
-        statement = sa.insert(self.table).values(
-            stream=message.stream,
-            consumer_group=group,
-            message_key=self.message_key(message),
-            message_id=message.id,
-            processed_at=_now(),
-        )
-        return await insert_idempotent(session, statement)
+        values = {
+            "stream": message.stream,
+            "consumer_group": group,
+            "message_key": self.message_key(message),
+            "message_id": message.id,
+            "processed_at": _now(),
+        }
+        skipping = session.dialect.insert_skipping_duplicates(self.table, values)
+        if skipping is not None:
+            return (await session._execute(skipping)).rowcount == 1
+        return await insert_idempotent(session, sa.insert(self.table).values(**values))
 
     async def seen(self, engine: AsyncEngine, stream: str, group: str, message_key: str) -> bool:
         """Whether a message key has been processed (for diagnostics and tests)."""

@@ -164,6 +164,12 @@ class Dialect(abc.ABC):
     def kill_session_sql(self, session_id: int) -> str:
         """SQL, run from another connection, that ends the given server session."""
 
+    def insert_skipping_duplicates(self, table: Any, values: dict[str, Any]) -> Any | None:
+        """A single-row INSERT that does nothing (row count 0) when the row's unique key
+        already exists, or None where the only such construct is unsafe (MySQL's
+        INSERT IGNORE also hides truncation); callers then catch the duplicate error."""
+        return None
+
     @abc.abstractmethod
     def direct_executor(self, driver_connection: object) -> DirectExecutor | None:
         """A fast executor for this driver connection, or None to use SQLAlchemy."""

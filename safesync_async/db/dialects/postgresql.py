@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Dialect as SADialect
 
 from ...errors import ConfigurationError, LockWaitTimeoutError, StatementTimeoutError
@@ -124,3 +125,7 @@ class PostgreSQLDialect(Dialect):
 
     def direct_executor(self, driver_connection: object) -> DirectExecutor | None:
         return None  # asyncpg statements go through SQLAlchemy
+
+    def insert_skipping_duplicates(self, table: Any, values: dict[str, Any]) -> Any | None:
+        # ON CONFLICT DO NOTHING: no error, so no savepoint round trips.
+        return pg_insert(table).values(**values).on_conflict_do_nothing()
