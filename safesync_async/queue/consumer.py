@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -20,13 +17,9 @@ from .. import tracing
 from .._failpoints import failpoint
 from .._shield import run_to_completion
 from ..db.lease import ConnectionLease
-from ..db.session import DbSession
 from ..errors import (
-    CommitOutcomeUnknownError,
     ConfigurationError,
     ConsumerGroupMissingError,
-    DatabaseDisconnectError,
-    MessageDecodeError,
     QueueConnectionError,
     QueueError,
 )
@@ -35,62 +28,18 @@ from .acks import AckBatcher
 from .backoff import Backoff
 from .client import ServerInfo, check_redis_client, server_info
 from .config import QueueConfig
-from .dead_letters import DeadLetterReason, dead_letter_fields
 from .errors import redis_errors
 from .models import QueueMessage
+from .processing import DbHandler, Handler, InboxStore, MessageProcessor
+from .statistics import ConsumerRecorder, ConsumerStatistics
 from .streams import Delivery, GroupStream
 
-__all__ = ["ConsumerStatistics", "DbHandler", "Handler", "Inbox", "QueueConsumer"]
+__all__ = ["ConsumerStatistics", "DbHandler", "Handler", "InboxStore", "QueueConsumer"]
 
 _log = logging.getLogger("safesync_async.queue.consumer")
 
-Handler = Callable[[QueueMessage[Any]], Awaitable[None]]
-DbHandler = Callable[[QueueMessage[Any], DbSession], Awaitable[None]]
-
-# Remembered last errors, so a dead letter written on a later delivery can say what failed.
-_REMEMBERED_ERRORS = 10_000
 # Bound on flushing acks when run() is cancelled rather than stopped.
 _CANCEL_FLUSH_SECONDS = 5.0
-
-
-class Inbox(Protocol):
-    """Records processed messages in the handler's transaction (see queue.inbox)."""
-
-    async def record(self, session: DbSession, group: str, message: QueueMessage[Any]) -> bool:
-        """Insert the message's key; False if it was already processed (a duplicate)."""
-        ...
-
-
-@dataclass(frozen=True, slots=True)
-class ConsumerStatistics:
-    """Counters of one consumer since it was created (see :meth:`QueueConsumer.statistics`)."""
-
-    received: int
-    acked: int
-    failed: int
-    dead_lettered: int
-    duplicates: int
-    claimed: int
-    deleted_while_pending: int
-    handed_back: int
-    reconnects: int
-    groups_recreated: int
-    in_flight: int
-    ack_waiting: int
-
-
-@dataclass(slots=True)
-class _Counters:
-    received: int = 0
-    acked: int = 0
-    failed: int = 0
-    dead_lettered: int = 0
-    duplicates: int = 0
-    claimed: int = 0
-    deleted_while_pending: int = 0
-    handed_back: int = 0
-    reconnects: int = 0
-    groups_recreated: int = 0
 
 
 class QueueConsumer:
@@ -130,23 +79,26 @@ class QueueConsumer:
         redis: Redis,
         config: QueueConfig,
         *,
-        inbox: Inbox | None = None,
+        inbox: InboxStore | None = None,
         registry: RegistryArg = DEFAULT_REGISTRY,
     ) -> None:
         if not isinstance(config, QueueConfig):
             raise ConfigurationError("QueueConsumer needs a QueueConfig")
         self.config = config
         self.redis = redis
-        self._inbox = inbox
         self._streams = GroupStream(
             redis, config.stream_key, config.consumer_group, config.consumer_name
         )
         self._metrics = metrics_for(registry)
-        self._registry = registry
-        self._labels = (config.stream_key, config.consumer_group)
-        self._operation = f"consume:{config.stream_key}"
-        self._counters = _Counters()
-        self._last_errors: collections.OrderedDict[str, str] = collections.OrderedDict()
+        self._recorder = ConsumerRecorder(self._metrics, config.stream_key, config.consumer_group)
+        self._processor = MessageProcessor(
+            config,
+            self._streams,
+            self._recorder,
+            inbox=inbox,
+            registry=registry,
+            on_fatal=self._fail,
+        )
         self._stop_requested: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
@@ -156,9 +108,6 @@ class QueueConsumer:
         self._server: ServerInfo | None = None
         self._outstanding: set[str] = set()
         self._slots_freed: asyncio.Event | None = None
-        self._db_backoff = self._new_backoff()
-        self._database_retry_at = 0.0
-        self._acks: AckBatcher | None = None
         self._own_pending_cursor: str | None = "0"
         self._manual_claim_cursor = "0-0"
 
@@ -212,7 +161,8 @@ class QueueConsumer:
             self.stop()
 
     async def _drained(self) -> bool:
-        if not self._prepared or self._outstanding or (self._acks and self._acks.waiting):
+        acks = self._processor.acks
+        if not self._prepared or self._outstanding or (acks and acks.waiting):
             return False
         try:
             with redis_errors("XINFO GROUPS", self.config.stream_key):
@@ -275,20 +225,9 @@ class QueueConsumer:
         return self._stopping
 
     def statistics(self) -> ConsumerStatistics:
-        c = self._counters
-        return ConsumerStatistics(
-            received=c.received,
-            acked=c.acked,
-            failed=c.failed,
-            dead_lettered=c.dead_lettered,
-            duplicates=c.duplicates,
-            claimed=c.claimed,
-            deleted_while_pending=c.deleted_while_pending,
-            handed_back=c.handed_back,
-            reconnects=c.reconnects,
-            groups_recreated=c.groups_recreated,
-            in_flight=len(self._outstanding),
-            ack_waiting=self._acks.waiting if self._acks is not None else 0,
+        acks = self._processor.acks
+        return self._recorder.snapshot(
+            in_flight=len(self._outstanding), ack_waiting=acks.waiting if acks else 0
         )
 
     async def next(self, block_ms: int | None = None) -> QueueMessage[Any] | None:
@@ -313,8 +252,8 @@ class QueueConsumer:
                 deliveries = await self._with_group(self._streams.read_new, 1, block)
                 if not deliveries:
                     return None
-            self._counters.received += len(deliveries)
-            message = await self._admit(deliveries[0])
+            self._recorder.record_received(len(deliveries))
+            message = await self._processor.admit(deliveries[0])
             if message is not None:
                 return message
 
@@ -327,10 +266,10 @@ class QueueConsumer:
 
     async def ack(self, message: QueueMessage[Any]) -> bool:
         """Acknowledge at once; False if the entry was no longer pending for the group."""
+        started = time.perf_counter()
         acked = await self._streams.ack([message.id]) == 1
         if acked:
-            self._counters.acked += 1
-            self._metrics.inc("messages", *self._labels, "acked")
+            self._recorder.record_acks(1, 1, time.perf_counter() - started)
         return acked
 
     async def claim_stale(
@@ -346,11 +285,11 @@ class QueueConsumer:
             self._streams.claim_idle, min_idle_ms, self._manual_claim_cursor, max_claim_count
         )
         self._manual_claim_cursor = result.next_cursor
-        await self._report_deleted(result.deleted_ids)
-        self._count_claimed(len(result.deliveries))
+        await self._processor.report_deleted(result.deleted_ids)
+        self._recorder.record_claimed(len(result.deliveries))
         messages = []
         for delivery in result.deliveries:
-            message = await self._admit(delivery)
+            message = await self._processor.admit(delivery)
             if message is not None:
                 messages.append(message)
         return messages
@@ -377,11 +316,11 @@ class QueueConsumer:
         concurrency = self._effective_concurrency(engine)
         limit = self.config.read_ahead_limit(concurrency)
         work: asyncio.Queue[Delivery | None] = asyncio.Queue()
-        acks = self._acks = AckBatcher(
+        acks = self._processor.acks = AckBatcher(
             self._streams,
             self._new_backoff(),
-            on_acked=self._record_acks,
-            on_connection_error=self._record_connection_error,
+            on_acked=self._recorder.record_acks,
+            on_connection_error=self._recorder.record_connection_error,
         )
         draining = False
         try:
@@ -418,9 +357,9 @@ class QueueConsumer:
         finally:
             self._running = False
             self._stopping = False
-            self._acks = None
+            self._processor.acks = None
             self._outstanding.clear()
-            self._metrics.set("in_flight", 0, *self._labels)
+            self._recorder.record_in_flight(0)
         failure, self._failure = self._failure, None
         if failure is not None:
             raise failure
@@ -468,7 +407,7 @@ class QueueConsumer:
                 await self._prepare_once()
                 return True
             except QueueConnectionError as exc:
-                self._record_connection_error(exc)
+                self._recorder.record_connection_error(exc)
                 await backoff.sleep(stop_requested)
         return False
 
@@ -495,7 +434,7 @@ class QueueConsumer:
         cursor: str | None = "0"
         while True:
             free = await self._wait_for_capacity(limit)
-            await self._wait_for_database()
+            await self._processor.wait_for_database()
             try:
                 if cursor is not None:
                     deliveries = await self._streams.read_own_pending(cursor, free)
@@ -504,7 +443,7 @@ class QueueConsumer:
                 else:
                     deliveries = await self._read_new(free)
             except QueueConnectionError as exc:
-                self._record_connection_error(exc)
+                self._recorder.record_connection_error(exc)
                 await backoff.sleep()
                 cursor = "0"
                 continue
@@ -529,7 +468,7 @@ class QueueConsumer:
         backoff = self._new_backoff()
         cursor = "0-0"
         while True:
-            await self._wait_for_database()
+            await self._processor.wait_for_database()
             free = min(limit - len(self._outstanding), count)
             if free > 0:
                 try:
@@ -538,7 +477,7 @@ class QueueConsumer:
                     ):
                         result = await self._streams.claim_idle(min_idle_ms, cursor, free)
                 except QueueConnectionError as exc:
-                    self._record_connection_error(exc)
+                    self._recorder.record_connection_error(exc)
                     await backoff.sleep()
                     continue
                 except ConsumerGroupMissingError as exc:
@@ -547,9 +486,9 @@ class QueueConsumer:
                     continue
                 backoff.reset()
                 cursor = result.next_cursor
-                await self._report_deleted(result.deleted_ids)
+                await self._processor.report_deleted(result.deleted_ids)
                 fresh = [d for d in result.deliveries if d.id not in self._outstanding]
-                self._count_claimed(len(fresh))
+                self._recorder.record_claimed(len(fresh))
                 self._enqueue(work, fresh)
                 if cursor != "0-0":
                     continue
@@ -578,13 +517,13 @@ class QueueConsumer:
                 try:
                     if len(batch) == 1 or lease is None:
                         for delivery in batch:
-                            await self._process(delivery, handler, lease)
+                            await self._processor.process(delivery, handler, lease)
                     else:
-                        await self._process_batch(batch, handler, lease)
+                        await self._processor.process_batch(batch, handler, lease)
                 finally:
                     for delivery in batch:
                         self._outstanding.discard(delivery.id)
-                    self._metrics.set("in_flight", len(self._outstanding), *self._labels)
+                    self._recorder.record_in_flight(len(self._outstanding))
                     assert self._slots_freed is not None
                     self._slots_freed.set()
         finally:
@@ -625,261 +564,11 @@ class QueueConsumer:
     def _enqueue(self, work: asyncio.Queue[Delivery | None], deliveries: list[Delivery]) -> None:
         if deliveries:
             failpoint("consumer.after_fetch")
-        self._counters.received += len(deliveries)
+        self._recorder.record_received(len(deliveries))
         for delivery in deliveries:
             self._outstanding.add(delivery.id)
             work.put_nowait(delivery)
-        self._metrics.set("in_flight", len(self._outstanding), *self._labels)
-
-    # -- one message ---------------------------------------------------------------
-
-    async def _process(
-        self, delivery: Delivery, handler: DbHandler | Handler, lease: ConnectionLease | None
-    ) -> None:
-        message = await self._admit(delivery)
-        if message is not None:
-            await self._process_admitted(delivery, message, handler, lease)
-
-    async def _process_batch(
-        self, batch: list[Delivery], handler: DbHandler | Handler, lease: ConnectionLease
-    ) -> None:
-        """Batch mode: all messages in one transaction, one COMMIT, acks together. If the
-        batch fails, it is rolled back and its messages are handled one by one, so one
-        bad message costs the batch a retry, not the others their delivery."""
-        admitted = []
-        for delivery in batch:
-            message = await self._admit(delivery)
-            if message is not None:
-                admitted.append((delivery, message))
-        if not admitted:
-            return
-        started = time.perf_counter()
-        try:
-            if self.config.handler_timeout is None:
-                duplicates = await self._invoke_batch(admitted, handler, lease)
-            else:
-                async with asyncio.timeout(self.config.handler_timeout * len(admitted)):
-                    duplicates = await self._invoke_batch(admitted, handler, lease)
-        except DatabaseDisconnectError as exc:
-            for delivery, _ in admitted:
-                await self._database_unavailable(delivery, exc)
-            return
-        except Exception as exc:
-            _log.info("batch of %d failed (%r); handling its messages one by one", len(batch), exc)
-            for delivery, message in admitted:
-                await self._process_admitted(delivery, message, handler, lease)
-            return
-        finally:
-            self._metrics.observe("handler_seconds", time.perf_counter() - started, *self._labels)
-        self._db_backoff.reset()
-        failpoint("consumer.after_commit")
-        self._count_duplicates(duplicates)
-        assert self._acks is not None
-        for delivery, _ in admitted:
-            self._acks.add(delivery.id)
-
-    async def _invoke_batch(
-        self,
-        admitted: list[tuple[Delivery, QueueMessage[Any]]],
-        handler: DbHandler | Handler,
-        lease: ConnectionLease,
-    ) -> int:
-        duplicates = 0
-        async with DbSession(
-            lease.engine, operation=self._operation, registry=self._registry, lease=lease
-        ) as session:
-            for _, message in admitted:
-                with self._message_span(message):
-                    if self._inbox is not None and not await self._inbox.record(
-                        session, self.config.consumer_group, message
-                    ):
-                        duplicates += 1
-                        continue
-                    failpoint("consumer.in_handler")
-                    await cast(DbHandler, handler)(message, session)
-            failpoint("consumer.before_commit")
-        return duplicates
-
-    async def _process_admitted(
-        self,
-        delivery: Delivery,
-        message: QueueMessage[Any],
-        handler: DbHandler | Handler,
-        lease: ConnectionLease | None,
-    ) -> None:
-        started = time.perf_counter()
-        try:
-            with self._message_span(message):
-                if self.config.handler_timeout is None:
-                    duplicate = await self._invoke(message, handler, lease)
-                else:
-                    async with asyncio.timeout(self.config.handler_timeout):
-                        duplicate = await self._invoke(message, handler, lease)
-        except DatabaseDisconnectError as exc:
-            await self._database_unavailable(delivery, exc)
-            return
-        except Exception as exc:
-            await self._handler_failed(delivery, exc)
-            return
-        finally:
-            self._metrics.observe("handler_seconds", time.perf_counter() - started, *self._labels)
-        self._db_backoff.reset()
-        failpoint("consumer.after_commit")
-        self._count_duplicates(int(duplicate))
-        assert self._acks is not None
-        self._acks.add(delivery.id)
-
-    def _message_span(self, message: QueueMessage[Any]) -> contextlib.AbstractContextManager[Any]:
-        if not tracing.ENABLED:
-            return contextlib.nullcontext()
-        return tracing.message_span(
-            message.stream, message.group, message.id, message.fields, message.delivery_count
-        )
-
-    async def _invoke(
-        self,
-        message: QueueMessage[Any],
-        handler: DbHandler | Handler,
-        lease: ConnectionLease | None,
-    ) -> bool:
-        """Run the handler (in a transaction when there is an engine); True if the inbox
-        recognised the message as already processed."""
-        if lease is None:
-            await cast(Handler, handler)(message)
-            return False
-        async with DbSession(
-            lease.engine, operation=self._operation, registry=self._registry, lease=lease
-        ) as session:
-            if self._inbox is not None and not await self._inbox.record(
-                session, self.config.consumer_group, message
-            ):
-                return True
-            failpoint("consumer.in_handler")
-            await cast(DbHandler, handler)(message, session)
-            failpoint("consumer.before_commit")
-        return False
-
-    async def _database_unavailable(self, delivery: Delivery, exc: Exception) -> None:
-        """The database, not the message, failed: keep the entry pending without spending
-        one of its deliveries, and slow this worker down until the database is back."""
-        self._counters.failed += 1
-        self._metrics.inc("messages", *self._labels, "failed")
-        _log.warning("database unavailable while handling %s: %s", delivery.id, exc)
-        try:
-            await self._streams.release(delivery)
-        except QueueError as release_error:
-            _log.warning("could not release %s: %s", delivery.id, release_error)
-        self._database_retry_at = time.monotonic() + self._db_backoff.next_delay()
-
-    async def _wait_for_database(self) -> None:
-        """Hold back new reads while the database is failing (see _database_unavailable)."""
-        delay = self._database_retry_at - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-
-    async def _handler_failed(self, delivery: Delivery, exc: Exception) -> None:
-        self._counters.failed += 1
-        self._metrics.inc("messages", *self._labels, "failed")
-        error = f"{type(exc).__name__}: {exc}"
-        self._remember_error(delivery.id, error)
-        _log.warning(
-            "handler failed for %s %s (delivery %d): %s",
-            self.config.stream_key,
-            delivery.id,
-            delivery.delivery_count,
-            error,
-            exc_info=not isinstance(exc, TimeoutError),
-        )
-        if isinstance(exc, CommitOutcomeUnknownError):
-            return  # it may have committed: redeliver (an inbox makes that safe), never DLQ
-        limit = self.config.max_deliveries
-        if limit is not None and delivery.delivery_count >= limit:
-            await self._dead_letter(delivery, DeadLetterReason.HANDLER_FAILED, error)
-        elif self.config.stop_on_error:
-            self._fail(exc)
-
-    async def _admit(self, delivery: Delivery) -> QueueMessage[Any] | None:
-        """Decode a delivery, or dead-letter it (poison, deleted, delivered too often)."""
-        config = self.config
-        if not delivery.fields:
-            await self._dead_letter(
-                delivery, DeadLetterReason.DELETED, "entry was deleted or trimmed while pending"
-            )
-            return None
-        if delivery.size > config.max_message_bytes:
-            await self._dead_letter(
-                delivery,
-                DeadLetterReason.TOO_LARGE,
-                f"entry is {delivery.size} bytes, over the limit of {config.max_message_bytes}",
-            )
-            return None
-        try:
-            payload = config.codec.decode(delivery.fields)
-        except MessageDecodeError as exc:
-            await self._dead_letter(delivery, DeadLetterReason.UNDECODABLE, str(exc))
-            return None
-        if config.max_deliveries is not None and delivery.delivery_count > config.max_deliveries:
-            error = self._last_errors.get(delivery.id, "last error not known to this consumer")
-            await self._dead_letter(delivery, DeadLetterReason.MAX_DELIVERIES, error)
-            return None
-        return QueueMessage(
-            id=delivery.id,
-            stream=config.stream_key,
-            group=config.consumer_group,
-            payload=payload,
-            delivery_count=delivery.delivery_count,
-            fields=delivery.fields,
-        )
-
-    async def _dead_letter(self, delivery: Delivery, reason: DeadLetterReason, error: str) -> None:
-        fields = dead_letter_fields(
-            stream=self.config.stream_key,
-            entry_id=delivery.id,
-            group=self.config.consumer_group,
-            consumer=self.config.consumer_name,
-            deliveries=delivery.delivery_count,
-            reason=reason,
-            error=error,
-            original=delivery.fields,
-        )
-        try:
-            failpoint("dead_letter.before")
-            with tracing.messaging_span(
-                "dead_letter",
-                self.config.stream_key,
-                group=self.config.consumer_group,
-                attributes={"messaging.message.id": delivery.id, "safesync.reason": reason.value},
-            ):
-                await self._streams.dead_letter(self.config.dead_letters, fields, delivery.id)
-            failpoint("dead_letter.after")
-        except QueueError as exc:
-            _log.error(
-                "could not dead-letter %s (%s); it stays pending: %s",
-                delivery.id,
-                reason.value,
-                exc,
-            )
-            return
-        self._last_errors.pop(delivery.id, None)
-        if reason is DeadLetterReason.DELETED:
-            self._counters.deleted_while_pending += 1
-            self._metrics.inc("messages", *self._labels, "deleted")
-        else:
-            self._counters.dead_lettered += 1
-            self._metrics.inc("messages", *self._labels, "dead_lettered")
-        _log.warning(
-            "dead-lettered %s %s: %s (%s)", self.config.stream_key, delivery.id, reason.value, error
-        )
-
-    async def _report_deleted(self, ids: list[str]) -> None:
-        """Entries XAUTOCLAIM found deleted: Redis already dropped them from the pending
-        list; leave a tombstone in the dead-letter stream so they are not lost silently."""
-        for entry_id in ids:
-            await self._dead_letter(
-                Delivery(entry_id, {}, 0),
-                DeadLetterReason.DELETED,
-                "entry was deleted or trimmed while pending",
-            )
+        self._recorder.record_in_flight(len(self._outstanding))
 
     # -- bookkeeping -----------------------------------------------------------------
 
@@ -905,8 +594,7 @@ class QueueConsumer:
             self.config.start_id,
         )
         await self._streams.ensure_group(self.config.start_id)
-        self._counters.groups_recreated += 1
-        self._metrics.inc("groups_recreated", *self._labels)
+        self._recorder.record_group_recreated()
         return True
 
     async def _hand_back_unfinished(self) -> None:
@@ -916,14 +604,14 @@ class QueueConsumer:
             pending = [
                 entry
                 for entry in await self._streams.own_pending(10_000)
-                if entry.id not in self._last_errors  # failed here: retried after min idle
+                if not self._processor.failed_here(entry.id)  # retried after min idle
             ]
             if pending:
                 await self._streams.hand_back(pending)
         except QueueError as exc:
             _log.warning("could not hand back unfinished entries: %s", exc)
             return
-        self._counters.handed_back += len(pending)
+        self._recorder.record_handed_back(len(pending))
         if pending:
             _log.info("handed back %d unfinished entries", len(pending))
 
@@ -940,39 +628,13 @@ class QueueConsumer:
             if name in (self.config.consumer_group, self.config.consumer_group.encode()):
                 lag = group.get("lag")
                 if lag is not None:
-                    self._metrics.set("lag", float(lag), *self._labels)
+                    self._recorder.record_lag(float(lag))
 
     def _fail(self, exc: BaseException) -> None:
         """Stop the loop; ``run`` raises ``exc`` after draining."""
         if self._failure is None:
             self._failure = exc
         self.stop()
-
-    def _remember_error(self, entry_id: str, error: str) -> None:
-        self._last_errors[entry_id] = error
-        self._last_errors.move_to_end(entry_id)
-        while len(self._last_errors) > _REMEMBERED_ERRORS:
-            self._last_errors.popitem(last=False)
-
-    def _record_acks(self, sent: int, acked: int, seconds: float) -> None:
-        self._counters.acked += sent
-        self._metrics.inc("messages", *self._labels, "acked", amount=sent)
-        self._metrics.observe("ack_seconds", seconds, *self._labels)
-
-    def _record_connection_error(self, exc: QueueConnectionError) -> None:
-        self._counters.reconnects += 1
-        self._metrics.inc("reconnects", *self._labels)
-        _log.warning("Redis connection problem, backing off: %s", exc)
-
-    def _count_duplicates(self, count: int) -> None:
-        if count:
-            self._counters.duplicates += count
-            self._metrics.inc("messages", *self._labels, "duplicate", amount=count)
-
-    def _count_claimed(self, count: int) -> None:
-        if count:
-            self._counters.claimed += count
-            self._metrics.inc("claimed", *self._labels, amount=count)
 
     def _new_backoff(self) -> Backoff:
         return Backoff(self.config.reconnect_initial_delay, self.config.reconnect_max_delay)

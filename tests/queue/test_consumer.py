@@ -75,7 +75,10 @@ async def test_two_consumers_apply_every_message_once(
     total = 5_000
     await QueueProducer(redis, stream).publish_batch({"n": i} for i in range(total))
     big_pool = create_async_engine(engine.url, pool_size=64, max_overflow=0)
-    consumers = [QueueConsumer(redis, _config(stream, f"c{i}", concurrency=32)) for i in range(2)]
+    consumers = [
+        QueueConsumer(redis, _config(stream, f"c{i}", concurrency=32, claim_min_idle_ms=60_000))
+        for i in range(2)
+    ]
 
     async def all_applied() -> bool:
         return (await effect_counts(big_pool, table))[1] >= total
