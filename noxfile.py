@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import nox
 
-nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.sessions = ["lint", "typecheck", "tests", "docs"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
@@ -74,10 +74,30 @@ def _install(session: nox.Session, *groups: str) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The test suite against real servers (args after -- go to pytest)."""
+    """The test suite against real servers, without the long fault scenarios (marked
+    ``slow``; args after -- go to pytest, so ``-- -m ''`` runs everything)."""
     _install(session, "test")
     _ensure_services(session)
-    session.run("pytest", *session.posargs)
+    session.run("pytest", "-m", "not slow", *session.posargs)
+
+
+@nox.session
+def faults(session: nox.Session) -> None:
+    """Every fault-injection scenario, long ones included, and the reliability report
+    they measure (written to docs/reliability.md)."""
+    _install(session, "test")
+    _ensure_services(session)
+    session.env["SAFESYNC_RELIABILITY_REPORT"] = "docs/reliability.md"
+    session.run("pytest", "-m", "faults", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """The benchmark: the consumer against the synchronous seed library and a raw-driver
+    loop, the primitives under contention, memory (args after -- go to ``python -m bench``)."""
+    _install(session, "bench")
+    _ensure_services(session)
+    session.run("python", "-m", "bench", *session.posargs)
 
 
 @nox.session
@@ -93,6 +113,15 @@ def typecheck(session: nox.Session) -> None:
     """mypy --strict over the package, the tests and the examples."""
     _install(session, "typecheck")
     session.run("mypy")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation site in strict mode: any warning fails."""
+    _install(session, "docs")
+    session.env["NO_MKDOCS_2_WARNING"] = "1"  # Material's end-of-life banner on stderr
+    site = os.path.join(session.create_tmp(), "site")
+    session.run("mkdocs", "build", "--strict", "--site-dir", site)
 
 
 @nox.session

@@ -13,6 +13,7 @@ from safesync_async.errors import LockTimeoutError
 from .settings import make_engine
 
 
+# --8<-- [start:advisory]
 async def process_user_data(engine: AsyncEngine, user_id: int) -> bool:
     """Recompute a user's summary; only one worker at a time per user."""
     try:
@@ -34,6 +35,9 @@ async def process_user_data(engine: AsyncEngine, user_id: int) -> bool:
     except LockTimeoutError:
         print(f"could not acquire the lock for user {user_id}")
         return False
+
+
+# --8<-- [end:advisory]
 
 
 async def main() -> None:

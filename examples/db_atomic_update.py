@@ -11,12 +11,16 @@ from safesync_async.db.session import DbSession
 from .settings import make_engine
 
 
+# --8<-- [start:increment]
 async def increment_counter(engine: AsyncEngine, counter_id: int) -> None:
     """Increment a counter atomically: the server serialises the single UPDATE."""
     async with DbSession(engine) as session:
         await session.execute(
             "UPDATE example_counters SET value = value + 1 WHERE id = :id", {"id": counter_id}
         )
+
+
+# --8<-- [end:increment]
 
 
 async def main() -> None:

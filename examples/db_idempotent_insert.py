@@ -13,6 +13,7 @@ from safesync_async.db.session import DbSession
 from .settings import make_engine
 
 
+# --8<-- [start:create-profile]
 async def create_user_profile(
     engine: AsyncEngine, user_id: int, initial_data: dict[str, Any]
 ) -> bool:
@@ -28,6 +29,9 @@ async def create_user_profile(
         )
     print("Profile created" if inserted else "Profile already exists")
     return inserted
+
+
+# --8<-- [end:create-profile]
 
 
 async def main() -> None:

@@ -15,6 +15,7 @@ from safesync_async.db.session import DbSession
 from .settings import make_engine
 
 
+# --8<-- [start:manual]
 async def update_account_balance(engine: AsyncEngine, account_id: int, amount_change: int) -> None:
     """The seed's loop, async: every attempt is a new DbSession that re-reads the row."""
     for _attempt in range(50):
@@ -37,6 +38,9 @@ async def update_account_balance(engine: AsyncEngine, account_id: int, amount_ch
                 return
         await asyncio.sleep(random.uniform(0.001, 0.01))  # version moved on: try again
     raise RuntimeError(f"failed to update account {account_id}")
+
+
+# --8<-- [end:manual]
 
 
 async def update_with_helper(engine: AsyncEngine, account_id: int, amount_change: int) -> None:

@@ -12,6 +12,7 @@ from safesync_async.db.session import DbSession
 from .settings import make_engine
 
 
+# --8<-- [start:process-order]
 async def process_order(engine: AsyncEngine, order_id: int) -> bool:
     """Process an order once, even if many workers try at the same time."""
     async with DbSession(engine) as session:
@@ -23,6 +24,9 @@ async def process_order(engine: AsyncEngine, order_id: int) -> bool:
             {"id": order_id, "status": "processed"},
         )
         return True  # the row lock is released when the transaction commits
+
+
+# --8<-- [end:process-order]
 
 
 async def main() -> None:

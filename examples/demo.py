@@ -47,6 +47,7 @@ OPENING_BALANCE = 1_000
 INBOX = Inbox("demo_inbox")
 
 
+# --8<-- [start:handler]
 async def apply_transfer(message: QueueMessage[Any], session: DbSession) -> None:
     """The handler: record the transfer and move the money, in one transaction. The
     consumer's inbox runs it at most once per message, even after a redelivery."""
@@ -63,6 +64,9 @@ async def apply_transfer(message: QueueMessage[Any], session: DbSession) -> None
             "UPDATE demo_accounts SET balance = balance + :delta WHERE id = :id",
             {"delta": delta, "id": account},
         )
+
+
+# --8<-- [end:handler]
 
 
 async def prepare(engine: AsyncEngine, redis: Redis, accounts: int) -> None:
@@ -181,6 +185,7 @@ async def main(
         published = time.perf_counter() - started
         print(f"published {messages} transfers to {STREAM!r} in {published:.2f} s")
 
+        # --8<-- [start:consumers]
         workers = [
             QueueConsumer(
                 redis,
@@ -200,6 +205,7 @@ async def main(
             await asyncio.gather(
                 *(worker.run_until_drained(apply_transfer, engine=engine) for worker in workers)
             )
+        # --8<-- [end:consumers]
         elapsed = time.perf_counter() - started
         print(
             f"consumed {messages} transfers with {consumers} consumers x concurrency "

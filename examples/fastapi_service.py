@@ -58,6 +58,7 @@ async def create_tables(engine: AsyncEngine) -> None:
         )
 
 
+# --8<-- [start:lifespan]
 def build_app(safesync: SafeSync) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -71,18 +72,22 @@ def build_app(safesync: SafeSync) -> FastAPI:
 
     app = FastAPI(lifespan=lifespan)
     install_exception_handlers(app)
+    # --8<-- [end:lifespan]
 
+    # --8<-- [start:endpoint]
     @app.post("/transfers")
     async def transfer(body: TransferIn, session: SessionDep) -> dict[str, int]:
         """Move money between two wallets and announce it, atomically."""
         if body.source == body.target:
             raise HTTPException(422, "source and target must differ")
         wallets = {}
+        # --8<-- [start:lock-order]
         for wallet in sorted((body.source, body.target)):  # one lock order: no deadlocks
             row = await RowLock(session, "example_wallets", {"id": wallet}).acquire()
             if row is None:
                 raise HTTPException(404, f"wallet {wallet} not found")
             wallets[wallet] = row["balance"]
+        # --8<-- [end:lock-order]
         if wallets[body.source] < body.amount:
             raise HTTPException(409, "insufficient funds")
         for wallet, delta in ((body.source, -body.amount), (body.target, body.amount)):
@@ -92,6 +97,8 @@ def build_app(safesync: SafeSync) -> FastAPI:
             )
         event = await OUTBOX.add(session, STREAM, body.model_dump())
         return {"event": event}  # the dependency commits before this is sent
+
+    # --8<-- [end:endpoint]
 
     @app.get("/wallets/{wallet}")
     async def balance(wallet: int, session: SessionDep) -> dict[str, int]:
@@ -105,6 +112,7 @@ def build_app(safesync: SafeSync) -> FastAPI:
     return app
 
 
+# --8<-- [start:worker]
 async def run_worker(engine: AsyncEngine, redis: Redis) -> QueueConsumer:
     """The consuming side: one log row per event, whatever the redeliveries."""
 
@@ -120,7 +128,12 @@ async def run_worker(engine: AsyncEngine, redis: Redis) -> QueueConsumer:
     return consumer
 
 
+# --8<-- [end:worker]
+
+
+# --8<-- [start:app]
 app = build_app(SafeSync(DATABASE_URL, REDIS_URL))
+# --8<-- [end:app]
 
 
 async def main(requests: int = 300, wallets: int = 20) -> None:
@@ -142,9 +155,11 @@ async def main(requests: int = 300, wallets: int = 20) -> None:
         for _ in range(requests):
             source, target = rng.sample(range(1, wallets + 1), 2)
             bodies.append({"source": source, "target": target, "amount": rng.randint(1, 60)})
+        # --8<-- [start:client]
         transport = httpx.ASGITransport(app=service)
         async with httpx.AsyncClient(transport=transport, base_url="http://service") as client:
             replies = await asyncio.gather(*(client.post("/transfers", json=b) for b in bodies))
+        # --8<-- [end:client]
         accepted = sum(r.status_code == 200 for r in replies)
         refused = sum(r.status_code == 409 for r in replies)
         assert accepted + refused == requests, {r.status_code for r in replies}

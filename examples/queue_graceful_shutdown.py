@@ -23,10 +23,12 @@ from .settings import REDIS_URL
 async def main() -> None:
     redis = create_redis_client(REDIS_URL, block_ms=200)
     stream = f"example:shutdown:{uuid.uuid4().hex[:8]}"
+    # --8<-- [start:config]
     config = QueueConfig(
         stream_key=stream, consumer_group="workers", consumer_name="worker_1", drain_timeout=10
     )
     consumer = QueueConsumer(redis, config)
+    # --8<-- [end:config]
     handled = 0
 
     async def handle(msg: QueueMessage[Any]) -> None:
@@ -36,12 +38,16 @@ async def main() -> None:
         if handled == 50:
             os.kill(os.getpid(), signal.SIGTERM)  # what an orchestrator does
 
+    # --8<-- [start:signals]
     remove_handlers = install_signal_handlers(consumer)  # SIGTERM and SIGINT -> stop()
+    # --8<-- [end:signals]
     try:
         await QueueProducer(redis, stream).publish_batch({"n": n} for n in range(500))
+        # --8<-- [start:run]
         await consumer.run(handle)  # returns after the graceful stop
         stats = consumer.statistics()
         print(f"stopped after {stats.acked} acks; {stats.handed_back} handed back for others")
+        # --8<-- [end:run]
         pending = (await redis.xpending(stream, "workers"))["pending"]
         assert stats.acked == handled
         assert pending == stats.handed_back

@@ -32,6 +32,7 @@ async def main() -> None:
     try:
         await QueueProducer(redis, stream).publish_batch([{"order_id": 1}, {}, {"order_id": 3}])
         handled = 0
+        # --8<-- [start:iterate]
         async for msg in consumer.iter_messages():
             handled += 1
             try:
@@ -41,6 +42,7 @@ async def main() -> None:
                 print(f"failed to process {msg.id}: {exc}")  # not acked: stays pending
             if handled == 3:
                 consumer.stop()
+        # --8<-- [end:iterate]
         pending = (await redis.xpending(stream, "workers"))["pending"]
         print(f"pending after the loop: {pending}")
         assert pending == 1

@@ -34,6 +34,7 @@ async def main() -> None:
             )
             await session.execute("REPLACE INTO example_counters VALUES (1, 0)")
         await QueueProducer(redis, stream).publish_batch({"n": n} for n in range(1, 11))
+        # --8<-- [start:next]
         while not consumer.stopping:
             msg = await consumer.next(block_ms=200)
             if msg is None:
@@ -42,6 +43,7 @@ async def main() -> None:
             async with DbSession(engine) as session:
                 await process_message(msg.payload, session)
             await consumer.ack(msg)  # only after the commit
+        # --8<-- [end:next]
         async with DbSession(engine) as session:
             value = await session.execute_scalar("SELECT value FROM example_counters WHERE id = 1")
         print(f"sum of processed values: {value}")

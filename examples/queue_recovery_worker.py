@@ -38,6 +38,7 @@ async def main() -> None:
         await redis.xgroup_create(stream, "workers", id="0")
         await redis.xreadgroup("workers", "crashed-worker", {stream: ">"})
 
+        # --8<-- [start:recovery]
         config = QueueConfig(stream_key=stream, consumer_group="workers", consumer_name="recovery")
         recovery = QueueConsumer(redis, config)
         async with asyncio.TaskGroup() as tasks:
@@ -53,6 +54,7 @@ async def main() -> None:
             while recovery.statistics().acked < 20 and not task.done():  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
             recovery.stop()
+        # --8<-- [end:recovery]
         print(f"recovered {recovery.statistics().claimed} stale messages")
         assert (await redis.xpending(stream, "workers"))["pending"] == 0
     finally:

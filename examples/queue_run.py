@@ -16,6 +16,7 @@ from safesync_async.queue.models import QueueMessage
 from .settings import REDIS_URL, make_engine
 
 
+# --8<-- [start:handler]
 async def handle_message(msg: QueueMessage[Any], session: DbSession) -> None:
     """Process one message inside a database transaction."""
     order_id = msg.payload["order_id"]
@@ -29,6 +30,9 @@ async def handle_message(msg: QueueMessage[Any], session: DbSession) -> None:
         {"id": order_id, "status": "processed"},
     )
     # the transaction commits when this returns; the message is acked after the commit
+
+
+# --8<-- [end:handler]
 
 
 async def main() -> None:
@@ -49,6 +53,8 @@ async def main() -> None:
         await QueueProducer(redis, stream).publish_batch(
             {"order_id": order_id} for order_id in range(1, 101)
         )
+        # --8<-- [start:consume]
+        # --8<-- [start:config]
         config = QueueConfig(
             stream_key=stream,
             consumer_group="workers",
@@ -57,9 +63,11 @@ async def main() -> None:
             block_ms=200,
         )
         consumer = QueueConsumer(redis, config)
+        # --8<-- [end:config]
         # A worker would `await consumer.run(...)` until SIGTERM; this example stops once
         # the stream is drained.
         await consumer.run_until_drained(handle_message, engine=engine)
+        # --8<-- [end:consume]
         async with DbSession(engine) as session:
             done = await session.execute_scalar(
                 "SELECT COUNT(*) FROM example_queue_orders WHERE status = 'processed'"

@@ -11,7 +11,7 @@ chained (``raise ... from exc``), so the original is always on ``__cause__``::
     ├── DatabaseError                             a database operation failed (errno, sqlstate)
     │   ├── RetryableTransactionError             the transaction may succeed if run again
     │   │   ├── DeadlockError                     MySQL 1213, 3058; PostgreSQL 40P01
-    │   │   ├── LockWaitTimeoutError (TimeoutError)  MySQL 1205
+    │   │   ├── LockWaitTimeoutError (TimeoutError)  MySQL 1205; PostgreSQL 55P03
     │   │   └── SerializationError                MariaDB 1020; PostgreSQL 40001
     │   ├── LockNotAvailableError                 NOWAIT found the row locked
     │   ├── DuplicateKeyError                     unique constraint violated (1062, 23505)
@@ -30,7 +30,6 @@ chained (``raise ... from exc``), so the original is always on ``__cause__``::
         ├── ConsumerGroupMissingError             NOGROUP with on_missing_group="fail"
         ├── MessageDecodeError                    an entry could not be decoded
         ├── MessageEncodeError                    a payload could not be encoded
-        ├── MessageTooLargeError                  an entry exceeds max_message_bytes
         └── UnsafeOperationError                  refused: would drop unacknowledged entries
 
 ``LockWaitTimeoutError``, ``StatementTimeoutError`` and ``LockTimeoutError`` also derive
@@ -56,7 +55,6 @@ __all__ = [
     "LockWaitTimeoutError",
     "MessageDecodeError",
     "MessageEncodeError",
-    "MessageTooLargeError",
     "MultipleRowsError",
     "QueueConnectionError",
     "QueueError",
@@ -229,10 +227,7 @@ class MessageEncodeError(QueueError):
     """A payload could not be encoded into stream entry fields."""
 
 
-class MessageTooLargeError(QueueError):
-    """A stream entry is larger than the configured ``max_message_bytes``."""
-
-
 class UnsafeOperationError(QueueError):
-    """Refused because it would drop entries not yet acknowledged (a trim, or deleting a
-    consumer that still owns pending entries). Pass ``force=True`` to do it anyway."""
+    """Refused because it would drop entries not yet acknowledged, e.g.
+    ``QueueProducer.trim(max_length, strict=True)`` when unacknowledged entries are in the
+    way (without ``strict``, the trim stops short of them instead)."""

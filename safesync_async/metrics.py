@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from typing import Final
+from typing import Any, Final
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
@@ -41,6 +41,8 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None) -> None:
         self.enabled = registry is not None
         self._warned = False
+        # Labelled children, looked up once: labels() takes a lock and builds a key.
+        self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
         if registry is None:
             return
         r = registry
@@ -151,11 +153,18 @@ class Metrics:
             self._warned = True
             _log.warning("metrics recording failed and is skipped: %r", exc)
 
+    def _child(self, name: str, labels: tuple[str, ...]) -> Any:
+        key = (name, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = getattr(self, name).labels(*labels)
+        return child
+
     def inc(self, counter_name: str, *labels: str, amount: float = 1.0) -> None:
         if not self.enabled:
             return
         try:
-            getattr(self, counter_name).labels(*labels).inc(amount)
+            self._child(counter_name, labels).inc(amount)
         except Exception as exc:
             self.failed(exc)
 
@@ -163,7 +172,7 @@ class Metrics:
         if not self.enabled:
             return
         try:
-            getattr(self, histogram_name).labels(*labels).observe(value)
+            self._child(histogram_name, labels).observe(value)
         except Exception as exc:
             self.failed(exc)
 
@@ -171,7 +180,7 @@ class Metrics:
         if not self.enabled:
             return
         try:
-            getattr(self, gauge_name).labels(*labels).set(value)
+            self._child(gauge_name, labels).set(value)
         except Exception as exc:
             self.failed(exc)
 

@@ -1,9 +1,9 @@
 """Optional OpenTelemetry spans (extra ``otel``), following the messaging and database
 semantic conventions.
 
-Without ``opentelemetry-api`` installed every helper here is a no-op costing one flag
-test. With it, spans go to whatever tracer provider the application configured (none
-configured: non-recording spans). Trace context travels in the entry's fields
+Without ``opentelemetry-api`` installed, or while the application has configured no
+tracer provider, every helper here is a no-op costing a check or two. Otherwise spans go
+to the application's tracer provider. Trace context travels in the entry's fields
 (``traceparent``/``tracestate``), so a consumer's *process* span links to the span that
 published the message (or that added it to the outbox).
 """
@@ -11,6 +11,7 @@ published the message (or that added it to the outbox).
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -24,12 +25,15 @@ else:
 
 __all__ = [
     "ENABLED",
+    "active",
     "inject_context",
     "lock_span",
     "message_span",
     "messaging_span",
 ]
 
+_UNKNOWN = object()
+_PROVIDER_FROM_ENV = "OTEL_PYTHON_TRACER_PROVIDER" in os.environ
 _SYSTEM = "redis"
 _CARRIER_FIELDS = (b"traceparent", b"tracestate")
 _OPERATION_TYPES = {
@@ -42,6 +46,21 @@ _OPERATION_TYPES = {
 }
 
 
+def active() -> bool:
+    """Whether spans are worth making: the API is installed and the application set a
+    tracer provider (until then OpenTelemetry would hand out non-recording spans, at a
+    cost per message for nothing)."""
+    if not ENABLED:
+        return False
+    # Fast path for the common "nothing configured" case: the API's global is still
+    # unset and no provider is named in the environment (get_tracer_provider() would
+    # look the environment up on every call).
+    if getattr(trace, "_TRACER_PROVIDER", _UNKNOWN) is None and not _PROVIDER_FROM_ENV:
+        return False
+    provider = trace.get_tracer_provider()
+    return not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+
+
 def _tracer() -> Any:
     from . import __version__
 
@@ -49,8 +68,11 @@ def _tracer() -> Any:
 
 
 def inject_context(fields: dict[bytes, bytes]) -> None:
-    """Add the current span's W3C trace context to entry fields (when a span is active)."""
-    if not ENABLED or not trace.get_current_span().get_span_context().is_valid:
+    """Add the current span's W3C trace context to entry fields (when a span is active and
+    the fields do not carry a trace context already, e.g. from the caller's headers)."""
+    if not ENABLED or _CARRIER_FIELDS[0] in fields:
+        return
+    if not trace.get_current_span().get_span_context().is_valid:
         return
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
@@ -76,7 +98,7 @@ def messaging_span(
     attributes: Mapping[str, Any] | None = None,
 ) -> Iterator[Any]:
     """A span for a stream operation: publish, receive, ack, claim, dead_letter."""
-    if not ENABLED:
+    if not active():
         yield None
         return
     attrs: dict[str, Any] = {
@@ -102,7 +124,7 @@ def message_span(
     stream: str, group: str, message_id: str, fields: Mapping[bytes, bytes], delivery: int
 ) -> Iterator[Any]:
     """The *process* span of one message, linked to the context that published it."""
-    if not ENABLED:
+    if not active():
         yield None
         return
     attrs = {
@@ -123,7 +145,7 @@ def message_span(
 @contextlib.contextmanager
 def lock_span(kind: str, target: str, db_system: str) -> Iterator[Any]:
     """A span around a lock acquisition (row lock on a table, or a named lock)."""
-    if not ENABLED:
+    if not active():
         yield None
         return
     attrs = {

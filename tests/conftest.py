@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from safesync_async import DbSession, create_engine
@@ -67,6 +68,18 @@ class _Quoted:
 
     def __getitem__(self, identifier: str) -> str:
         return self._backend.q(identifier)
+
+
+@pytest.fixture
+def redis(safesync_redis: Redis) -> Redis:
+    """The shipped client fixture: keys under the test's prefix are deleted afterwards."""
+    return safesync_redis
+
+
+@pytest.fixture
+def stream(safesync_key_prefix: str) -> str:
+    """A unique stream key (no group yet); it and its dead letters are cleaned up."""
+    return f"{safesync_key_prefix}stream"
 
 
 @pytest.fixture

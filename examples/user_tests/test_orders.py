@@ -13,6 +13,7 @@ from safesync_async.testing import StreamFixture
 pytestmark = pytest.mark.anyio
 
 
+# --8<-- [start:handler]
 async def mark_paid(message: QueueMessage[Any], session: DbSession) -> None:
     """The application's handler under test."""
     await session.execute(
@@ -20,6 +21,10 @@ async def mark_paid(message: QueueMessage[Any], session: DbSession) -> None:
     )
 
 
+# --8<-- [end:handler]
+
+
+# --8<-- [start:session-test]
 async def test_session_is_rolled_back_after_each_test(
     safesync_engine: AsyncEngine, safesync_session: DbSession
 ) -> None:
@@ -30,6 +35,10 @@ async def test_session_is_rolled_back_after_each_test(
     assert await safesync_session.execute_scalar("SELECT COUNT(*) FROM user_notes") == 1
 
 
+# --8<-- [end:session-test]
+
+
+# --8<-- [start:stream-test]
 async def test_handler_marks_orders_paid(
     safesync_engine: AsyncEngine, safesync_stream: StreamFixture
 ) -> None:
@@ -55,3 +64,6 @@ async def test_handler_marks_orders_paid(
     assert paid == 5
     pending = await safesync_stream.redis.xpending(safesync_stream.key, safesync_stream.group)
     assert pending["pending"] == 0
+
+
+# --8<-- [end:stream-test]

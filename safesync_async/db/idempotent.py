@@ -14,12 +14,14 @@ async def insert_idempotent(
 ) -> bool:
     """Run an INSERT; return True if it inserted, False if the row already existed.
 
-    A duplicate is recognised by the server's error code (1062 on MySQL), never by
-    message text, and the session stays usable (only the statement is undone).
+    A duplicate is recognised by the server's error code (1062 on MySQL, 23505 on
+    PostgreSQL), never by message text, and the session stays usable.
     ``INSERT IGNORE`` is deliberately not used: it also silences truncation and
-    NULL-to-default coercion. Pass ``key`` (the unique index name, e.g.
-    ``"PRIMARY"`` or ``"uq_orders_ref"``) to accept duplicates on that key only;
-    a collision on any other unique key then raises :class:`DuplicateKeyError`.
+    NULL-to-default coercion. Pass ``key`` (the unique index or constraint name:
+    ``"PRIMARY"`` for MySQL's primary key, ``"<table>_pkey"`` for PostgreSQL's,
+    ``"uq_orders_ref"`` for a named one) to accept duplicates on that key only; a
+    collision on any other unique key then raises :class:`DuplicateKeyError`.
+    On PostgreSQL the INSERT runs in a savepoint, since an error aborts the transaction.
     """
     try:
         if session.dialect.keeps_transaction_usable(ErrorKind.DUPLICATE_KEY):

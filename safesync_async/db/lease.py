@@ -26,6 +26,9 @@ class ConnectionLease:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._fairy: PoolProxiedConnection | None = None
+        #: Whether the last session on this lease found the server unreachable while
+        #: cleaning up (see ``DbSession.server_unreachable``).
+        self.server_unreachable = False
 
     async def checkout(self) -> PoolProxiedConnection:
         """The leased connection, checked out from the pool if there is none."""

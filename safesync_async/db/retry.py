@@ -87,12 +87,13 @@ async def retry_transaction(
                     f"within {max_elapsed:g} s; last error: {exc}",
                     attempts=attempt,
                 ) from exc
-            metrics.inc("retries", operation, _reason(exc))
-            _log.debug("retrying %r after %s (attempt %d)", operation, _reason(exc), attempt)
+            metrics.inc("retries", operation, retry_reason(exc))
+            _log.debug("retrying %r after %s (attempt %d)", operation, retry_reason(exc), attempt)
             await asyncio.sleep(delay)
 
 
-def _reason(exc: Exception) -> str:
+def retry_reason(exc: Exception) -> str:
+    """The ``reason`` label of the retries metric for an error worth retrying."""
     if isinstance(exc, VersionConflictError):
         return "version_conflict"
     if isinstance(exc, DeadlockError):

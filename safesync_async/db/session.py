@@ -44,6 +44,9 @@ Statement = str | Executable
 Params = Mapping[str, Any] | None
 _T = TypeVar("_T")
 
+# Bound on killing, from another connection, a statement left running by an interruption.
+_KILL_TIMEOUT = 2.0
+
 
 class _State(enum.Enum):
     NEW = "new"
@@ -102,7 +105,8 @@ class DbSession:
     A DbSession is single-use and is not safe to share between tasks.
 
     Args:
-        engine: an :class:`~sqlalchemy.ext.asyncio.AsyncEngine` (MySQL or MariaDB);
+        engine: an :class:`~sqlalchemy.ext.asyncio.AsyncEngine` (MySQL, MariaDB or
+            PostgreSQL);
             :func:`safesync_async.create_engine` makes one tuned for sessions.
         isolation_level: isolation of this transaction only, e.g. ``"READ COMMITTED"``.
         lock_timeout: server-side row lock wait bound in seconds (MySQL rounds up to
@@ -160,6 +164,7 @@ class DbSession:
         self._broken = False
         self._busy = False
         self._holds_named_locks = False
+        self._server_unreachable = False
         self._started = 0.0
 
     # -- lifecycle ---------------------------------------------------------------
@@ -244,6 +249,13 @@ class DbSession:
         """
         self._usable()
         return self._connection()
+
+    @property
+    def server_unreachable(self) -> bool:
+        """True if, cleaning up after an interrupted statement, the server could not be
+        reached even from a new connection: the failure was the database's, not the
+        caller's (a queue consumer then keeps the message without spending a delivery)."""
+        return self._server_unreachable
 
     @property
     def is_rollback_only(self) -> bool:
@@ -468,6 +480,7 @@ class DbSession:
         """Give the connection back to the pool (SQLAlchemy discards it if invalidated),
         or to the lease."""
         if self._lease is not None and self._fairy is not None:
+            self._lease.server_unreachable = self._server_unreachable
             await self._lease.release(self._fairy, self._sa_conn)
         elif self._sa_conn is not None:
             await self._sa_conn.close()
@@ -557,16 +570,25 @@ class DbSession:
             await self._kill_server_session(self._server_session_id)
 
     async def _kill_server_session(self, session_id: int) -> None:
+        """Best effort, bounded: a healthy server answers in milliseconds, and the server's
+        own lock wait timeout bounds what an unkilled statement can hold. A server that
+        cannot be reached even from a fresh connection is noted (``server_unreachable``)."""
         sql = self._dialect.kill_session_sql(session_id)
         try:
-            async with asyncio.timeout(self._cleanup_timeout), self._engine.connect() as side:
+            async with (
+                asyncio.timeout(min(self._cleanup_timeout, _KILL_TIMEOUT)),
+                self._engine.connect() as side,
+            ):
                 await side.exec_driver_sql(sql)
         except sa_exc.SQLAlchemyError as exc:
             info = self._dialect.classify_exception(exc)
+            if info.kind is ErrorKind.DISCONNECT:
+                self._server_unreachable = True
             if not self._dialect.is_unknown_session(info):
                 _log.warning("could not kill server session %s: %s", session_id, exc)
         except TimeoutError:
-            _log.warning("killing server session %s timed out", session_id)
+            self._server_unreachable = True
+            _log.warning("the server did not answer a KILL of session %s", session_id)
 
 
 def driver_state(

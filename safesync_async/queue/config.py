@@ -41,22 +41,27 @@ class QueueConfig:
             dead-letter stream (``None``: retry forever).
         dead_letter_stream: where dead letters go (default ``<stream_key>:dead``).
         claim_min_idle_ms: entries pending longer than this (a crashed consumer, a
-            failed handler) are claimed and retried by the running consumers. Keep it
-            well above the longest handler run: a message still being handled when it
-            reaches this age is claimed by another consumer and handled twice.
+            failed handler) are claimed and retried by the running consumers. A running
+            consumer resets the idle time of the entries it holds every half of this,
+            so only a consumer whose event loop is blocked that long loses them.
         claim_interval_ms: how often the in-loop recovery runs (``None``: never; run a
             dedicated ``run_claim_stale`` worker instead).
         claim_count: entries claimed per recovery step at most.
         max_message_bytes: entries larger than this are dead-lettered without decoding.
         handler_timeout: seconds a handler (with its commit) may take; on expiry it is
             cancelled and counted as a failure. ``None``: no limit.
+        transaction_retries: with an engine, how many times a handler's transaction
+            (or a batch's) that failed with a deadlock, lock wait timeout, serialization
+            failure or :class:`VersionConflictError` is run again at once, after a short
+            random pause, before the delivery counts as failed. ``0``: never.
         drain_timeout: seconds ``stop()`` waits for running handlers before cancelling them.
         on_missing_group: ``"recreate"`` the group (from ``start_id``) if it vanishes,
             or ``"fail"`` with ConsumerGroupMissingError.
         stop_on_error: stop the consumer when a handler fails (the seed's behaviour);
             by default the message stays pending and the consumer goes on.
-        reconnect_initial_delay / reconnect_max_delay: exponential backoff bounds (seconds)
-            after a Redis connection error.
+        reconnect_initial_delay: first backoff delay (seconds) after a Redis connection
+            error (or a database outage); it doubles on each failure in a row.
+        reconnect_max_delay: the longest backoff delay (seconds).
         codec: turns entry fields into payloads and back (default: JSON in field ``data``).
     """
 
@@ -75,6 +80,7 @@ class QueueConfig:
     claim_count: int = 100
     max_message_bytes: int = 1_048_576
     handler_timeout: float | None = None
+    transaction_retries: int = 3
     drain_timeout: float = 30.0
     on_missing_group: Literal["recreate", "fail"] = "recreate"
     stop_on_error: bool = False
@@ -93,6 +99,7 @@ class QueueConfig:
         _positive_int("claim_min_idle_ms", self.claim_min_idle_ms, minimum=0)
         _positive_int("claim_count", self.claim_count, minimum=1)
         _positive_int("max_message_bytes", self.max_message_bytes, minimum=1)
+        _positive_int("transaction_retries", self.transaction_retries, minimum=0)
         if self.prefetch is not None:
             _positive_int("prefetch", self.prefetch, minimum=0)
         if self.max_deliveries is not None:

@@ -106,7 +106,8 @@ class QueueConsumer:
         self._prepared = False
         self._failure: BaseException | None = None
         self._server: ServerInfo | None = None
-        self._outstanding: set[str] = set()
+        # Entries read or claimed and not finished: id -> when their idle time was reset.
+        self._outstanding: dict[str, float] = {}
         self._slots_freed: asyncio.Event | None = None
         self._own_pending_cursor: str | None = "0"
         self._manual_claim_cursor = "0-0"
@@ -333,6 +334,8 @@ class QueueConsumer:
                     feeders.append(tasks.create_task(self._read_loop(work, limit)))
                 if claim is not None:
                     feeders.append(tasks.create_task(self._claim_loop(work, limit, *claim)))
+                protect_ms = claim[0] if claim is not None else self.config.claim_min_idle_ms
+                feeders.append(tasks.create_task(self._keep_alive_loop(protect_ms)))
                 workers = [
                     tasks.create_task(self._work_loop(work, handler, engine, lambda: draining))
                     for _ in range(concurrency)
@@ -495,6 +498,29 @@ class QueueConsumer:
                 await self._update_lag()
             await asyncio.sleep(interval_ms / 1000)
 
+    async def _keep_alive_loop(self, min_idle_ms: int) -> None:
+        """Keep entries this consumer holds from looking abandoned: before they have been
+        idle for half of ``min_idle_ms``, reset their idle time (XCLAIM ... JUSTID, which
+        does not count a delivery). Otherwise an entry waiting in the read-ahead buffer,
+        or with a slow handler, would be claimed by another consumer (handled twice) or
+        re-claimed by this one (its delivery count inflated toward dead-lettering)."""
+        threshold = min_idle_ms / 2000
+        interval = max(0.05, min(5.0, threshold / 2))
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            due = [i for i, touched in self._outstanding.items() if now - touched >= threshold]
+            if not due:
+                continue
+            try:
+                await self._streams.touch(due)
+            except QueueError as exc:
+                _log.debug("could not refresh %d in-flight entries: %s", len(due), exc)
+                continue
+            for entry_id in due:
+                if entry_id in self._outstanding:
+                    self._outstanding[entry_id] = now
+
     async def _work_loop(
         self,
         work: asyncio.Queue[Delivery | None],
@@ -522,7 +548,7 @@ class QueueConsumer:
                         await self._processor.process_batch(batch, handler, lease)
                 finally:
                     for delivery in batch:
-                        self._outstanding.discard(delivery.id)
+                        self._outstanding.pop(delivery.id, None)
                     self._recorder.record_in_flight(len(self._outstanding))
                     assert self._slots_freed is not None
                     self._slots_freed.set()
@@ -531,7 +557,7 @@ class QueueConsumer:
                 await lease.close()
 
     async def _read_new(self, count: int) -> list[Delivery]:
-        if not tracing.ENABLED:
+        if not tracing.active():
             return await self._streams.read_new(count, self.config.block_ms)
         with tracing.messaging_span(
             "receive", self.config.stream_key, group=self.config.consumer_group
@@ -566,7 +592,7 @@ class QueueConsumer:
             failpoint("consumer.after_fetch")
         self._recorder.record_received(len(deliveries))
         for delivery in deliveries:
-            self._outstanding.add(delivery.id)
+            self._outstanding[delivery.id] = time.monotonic()
             work.put_nowait(delivery)
         self._recorder.record_in_flight(len(self._outstanding))
 

@@ -7,21 +7,25 @@ import asyncio
 import collections
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, TypeVar, cast
 
 from .. import tracing
 from .._failpoints import failpoint
 from ..db.lease import ConnectionLease
+from ..db.retry import retry_reason
 from ..db.session import DbSession
 from ..errors import (
     CommitOutcomeUnknownError,
     DatabaseDisconnectError,
     MessageDecodeError,
     QueueError,
+    RetryableTransactionError,
+    VersionConflictError,
 )
-from ..metrics import RegistryArg
+from ..metrics import RegistryArg, metrics_for
 from .acks import AckBatcher
 from .backoff import Backoff
 from .config import QueueConfig
@@ -40,6 +44,11 @@ DbHandler = Callable[[QueueMessage[Any], DbSession], Awaitable[None]]
 # Remembered last errors, so a dead letter written on a later delivery can say what failed.
 _REMEMBERED_ERRORS = 10_000
 _DELETED = "entry was deleted or trimmed while pending"
+_DEFAULT_CLEANUP_SECONDS = 30.0
+# Pause before re-running a transaction that lost a lock conflict: full jitter, doubling.
+_RETRY_BASE_DELAY = 0.005
+_RETRY_MAX_DELAY = 0.2
+_T = TypeVar("_T")
 
 
 class InboxStore(Protocol):
@@ -68,6 +77,7 @@ class MessageProcessor:
         self._recorder = recorder
         self._inbox = inbox
         self._registry = registry
+        self._metrics = metrics_for(registry)
         self._on_fatal = on_fatal
         self._operation = f"consume:{config.stream_key}"
         self._last_errors: collections.OrderedDict[str, str] = collections.OrderedDict()
@@ -109,13 +119,14 @@ class MessageProcessor:
             return
         started = time.perf_counter()
         try:
-            async with self._time_limit(len(admitted)):
-                duplicates = await self._invoke_batch(admitted, handler, lease)
-        except DatabaseDisconnectError as exc:
-            for delivery, _ in admitted:
-                await self._database_unavailable(delivery, exc)
-            return
+            duplicates = await self._attempts(
+                lambda: self._invoke_batch(admitted, handler, lease), len(admitted), lease
+            )
         except Exception as exc:
+            if self._database_failed(exc, lease):
+                for delivery, _ in admitted:
+                    await self._database_unavailable(delivery, exc)
+                return
             _log.info("batch of %d failed (%r); handling its messages one by one", len(batch), exc)
             for delivery, message in admitted:
                 await self._process_admitted(delivery, message, handler, lease)
@@ -173,13 +184,14 @@ class MessageProcessor:
         started = time.perf_counter()
         try:
             with self._message_span(message):
-                async with self._time_limit(1):
-                    duplicate = await self._invoke(message, handler, lease)
-        except DatabaseDisconnectError as exc:
-            await self._database_unavailable(delivery, exc)
-            return
+                duplicate = await self._attempts(
+                    lambda: self._invoke(message, handler, lease), 1, lease
+                )
         except Exception as exc:
-            await self._handler_failed(delivery, exc)
+            if self._database_failed(exc, lease):
+                await self._database_unavailable(delivery, exc)
+            else:
+                await self._handler_failed(delivery, exc)
             return
         finally:
             self._recorder.record_handler_time(time.perf_counter() - started)
@@ -194,6 +206,34 @@ class MessageProcessor:
         for delivery in deliveries:
             self.acks.add(delivery.id)
 
+    @staticmethod
+    def _database_failed(exc: Exception, lease: ConnectionLease | None) -> bool:
+        """Whether a failure was the database's rather than the message's: a lost
+        connection, or a handler timed out in a server that then did not even answer."""
+        if isinstance(exc, DatabaseDisconnectError):
+            return True
+        return isinstance(exc, TimeoutError) and lease is not None and lease.server_unreachable
+
+    async def _attempts(
+        self, attempt: Callable[[], Awaitable[_T]], messages: int, lease: ConnectionLease | None
+    ) -> _T:
+        """Run ``attempt`` (one transaction, within the time limit); with an engine, run it
+        again after a lock conflict, up to ``transaction_retries`` times."""
+        retries = self.config.transaction_retries if lease is not None else 0
+        retry = 0
+        while True:
+            try:
+                async with self._time_limit(messages):
+                    return await attempt()
+            except (RetryableTransactionError, VersionConflictError) as exc:
+                if retry >= retries:
+                    raise
+                self._metrics.inc("retries", self._operation, retry_reason(exc))
+                delay = min(_RETRY_MAX_DELAY, _RETRY_BASE_DELAY * 2**retry)
+                retry += 1
+                _log.debug("%s: running the transaction again after %s", self._operation, exc)
+                await asyncio.sleep(random.uniform(0, delay))
+
     def _time_limit(self, messages: int) -> contextlib.AbstractAsyncContextManager[Any]:
         timeout = self.config.handler_timeout
         if timeout is None:
@@ -201,15 +241,21 @@ class MessageProcessor:
         return asyncio.timeout(timeout * messages)
 
     def _message_span(self, message: QueueMessage[Any]) -> contextlib.AbstractContextManager[Any]:
-        if not tracing.ENABLED:
+        if not tracing.active():
             return contextlib.nullcontext()
         return tracing.message_span(
             message.stream, message.group, message.id, message.fields, message.delivery_count
         )
 
     def _session(self, lease: ConnectionLease) -> DbSession:
+        # Cleanup (COMMIT, ROLLBACK) is bounded like the handler itself, so a frozen
+        # database cannot hold a worker much longer than handler_timeout.
         return DbSession(
-            lease.engine, operation=self._operation, registry=self._registry, lease=lease
+            lease.engine,
+            operation=self._operation,
+            registry=self._registry,
+            lease=lease,
+            cleanup_timeout=self.config.handler_timeout or _DEFAULT_CLEANUP_SECONDS,
         )
 
     async def _handle_in(

@@ -178,6 +178,13 @@ class GroupStream:
             for r in rows
         ]
 
+    async def touch(self, ids: Sequence[str]) -> None:
+        """Reset the idle time of entries this consumer owns, without counting a delivery
+        (XCLAIM ... JUSTID to itself; entries another consumer took meanwhile move back)."""
+        claimed: list[Any] = list(ids)
+        with redis_errors("XCLAIM (keep alive)", self.stream):
+            await self.redis.xclaim(self.stream, self.group, self.consumer, 0, claimed, justid=True)
+
     async def release(self, delivery: Delivery) -> None:
         """Keep an entry pending without counting this delivery (it failed for reasons
         outside the message, e.g. the database was down): XCLAIM ... RETRYCOUNT n-1 JUSTID."""

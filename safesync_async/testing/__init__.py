@@ -10,23 +10,18 @@ library never adds fixtures (or their names) to unrelated test suites.
 Fixtures (async ones run under anyio's pytest plugin on asyncio; mark tests with
 ``@pytest.mark.anyio`` or use anyio's auto mode):
 
-``safesync_database_url`` / ``safesync_redis_url``
-    From the environment variables ``SAFESYNC_DATABASE_URL`` / ``SAFESYNC_REDIS_URL``,
-    else the ini options ``safesync_database_url`` / ``safesync_redis_url``, else embedded
-    servers (a private PostgreSQL and Valkey, the ``embedded`` extra) started once for the
-    test session: a suite runs on a laptop with no database or Redis installed.
-``safesync_engine``
-    An engine from :func:`safesync_async.create_engine`, disposed after the test.
-``safesync_session``
-    A :class:`DbSession` that is rolled back after the test: nothing it writes persists.
-``safesync_redis``
-    A Redis client; every key starting with ``safesync_key_prefix`` is deleted after the
-    test.
-``safesync_key_prefix``
-    A prefix unique to the test, for any Redis key the test creates.
-``safesync_stream``
-    A :class:`StreamFixture`: a unique stream with its consumer group created, a producer,
-    and helpers to build consumers and run them until the stream is drained.
+- ``safesync_database_url`` / ``safesync_redis_url``: from the environment variables
+  ``SAFESYNC_DATABASE_URL`` / ``SAFESYNC_REDIS_URL``, else the ini options of the same
+  names, else embedded servers (a private PostgreSQL and Valkey, the ``embedded`` extra)
+  started once for the test session, so a suite runs with nothing installed.
+- ``safesync_engine``: an engine from :func:`safesync_async.create_engine`, disposed
+  after the test.
+- ``safesync_session``: a :class:`DbSession` rolled back after the test.
+- ``safesync_redis``: a Redis client; keys starting with ``safesync_key_prefix`` are
+  deleted after the test.
+- ``safesync_key_prefix``: a prefix unique to the test, for the Redis keys it creates.
+- ``safesync_stream``: a :class:`StreamFixture`, a unique stream with its consumer group,
+  a producer, and helpers to build consumers and run them until the stream is drained.
 """
 
 from __future__ import annotations

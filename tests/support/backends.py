@@ -73,9 +73,10 @@ class Backend:
             return "SELECT @@SESSION.innodb_lock_wait_timeout"
         return "SELECT current_setting('lock_timeout')"
 
-    def probe(self) -> AsyncEngine:
-        """A pool-less engine for looking at the server from outside the tested pool."""
-        return create_async_engine(self.url, poolclass=NullPool)
+    def probe(self, url: str | None = None) -> AsyncEngine:
+        """A pool-less engine for looking at a server (this backend's shared one unless
+        ``url`` names another, e.g. a private instance) from outside the tested pool."""
+        return create_async_engine(url or self.url, poolclass=NullPool)
 
     async def other_connection_gets(self, key: LockKey) -> bool:
         """Whether a brand-new connection can take the named lock for ``key`` right now
@@ -116,7 +117,7 @@ class Backend:
         if self.is_mysql:
             # InnoDB refreshes its INFORMATION_SCHEMA transaction cache at most every 100 ms.
             await asyncio.sleep(0.15)
-        probe = self.probe()
+        probe = self.probe(engine.url.render_as_string(hide_password=False))
         try:
             async with probe.connect() as conn:
                 open_trx, waits = await self._transactions(conn, ids)
