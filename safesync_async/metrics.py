@@ -80,7 +80,8 @@ class Metrics:
         )
         self.retries = Counter(
             "safesync_db_retries_total",
-            "Transactions run again by retry_transaction, by reason.",
+            "Transactions run again after a conflict (retry_transaction, or a consumer's "
+            "transaction_retries), by reason.",
             ["operation", "reason"],
             registry=r,
         )
