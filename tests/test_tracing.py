@@ -3,6 +3,9 @@ travels in the entry, and the process span links to the publishing span."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -82,3 +85,36 @@ async def test_trace_context_can_be_left_out(safesync_stream: StreamFixture) -> 
     entries: Any = await safesync_stream.redis.xrange(safesync_stream.key)
     [(_, fields)] = entries
     assert set(fields) == {b"data"}
+
+
+async def test_a_callers_trace_context_header_is_kept(safesync_stream: StreamFixture) -> None:
+    """A traceparent given as a header is published as given, not replaced by the span
+    that is current when publishing."""
+    given = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    with trace.get_tracer("test").start_as_current_span("endpoint"):
+        await safesync_stream.producer.publish({"n": 1}, headers={"traceparent": given})
+    entries: Any = await safesync_stream.redis.xrange(safesync_stream.key)
+    [(_, fields)] = entries
+    assert fields[b"traceparent"] == given.encode()
+
+
+def test_no_spans_until_a_tracer_provider_is_set() -> None:
+    """With the API installed but no provider configured, tracing stays off (spans nobody
+    records are not made); setting a provider turns it on. In a fresh interpreter, since
+    a provider can be set only once per process."""
+    code = (
+        "from opentelemetry import trace\n"
+        "from opentelemetry.sdk.trace import TracerProvider\n"
+        "from safesync_async import tracing\n"
+        "before = tracing.active()\n"
+        "with tracing.messaging_span('publish', 's') as span:\n"
+        "    made = span is not None\n"
+        "trace.set_tracer_provider(TracerProvider())\n"
+        "print(before, made, tracing.active())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "False", "True"]

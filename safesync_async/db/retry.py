@@ -29,6 +29,9 @@ __all__ = ["retry_transaction"]
 _log = logging.getLogger("safesync_async.db.retry")
 _T = TypeVar("_T")
 
+#: Errors after which running the transaction again, in a new transaction, can succeed.
+RETRYABLE_ERRORS = (VersionConflictError, RetryableTransactionError)
+
 
 async def retry_transaction(
     engine: AsyncEngine,
@@ -79,8 +82,8 @@ async def retry_transaction(
                 registry=registry,
             ) as session:
                 return await work(session)
-        except (VersionConflictError, RetryableTransactionError) as exc:
-            delay = random.uniform(0, min(max_delay, base_delay * 2 ** (attempt - 1)))
+        except RETRYABLE_ERRORS as exc:
+            delay = jittered_delay(attempt, base_delay, max_delay)
             if attempt >= max_attempts or time.monotonic() + delay > deadline:
                 raise RetryExhaustedError(
                     f"{operation!r} did not succeed in {attempt} attempt(s) "
@@ -90,6 +93,12 @@ async def retry_transaction(
             metrics.inc("retries", operation, retry_reason(exc))
             _log.debug("retrying %r after %s (attempt %d)", operation, retry_reason(exc), attempt)
             await asyncio.sleep(delay)
+
+
+def jittered_delay(attempt: int, base_delay: float, max_delay: float) -> float:
+    """The pause after failed attempt number ``attempt`` (from 1): "full jitter", a random
+    time in ``[0, min(max_delay, base_delay * 2**(attempt - 1))]``."""
+    return random.uniform(0, min(max_delay, base_delay * 2 ** (attempt - 1)))
 
 
 def retry_reason(exc: Exception) -> str:

@@ -46,6 +46,8 @@ _T = TypeVar("_T")
 
 # Bound on killing, from another connection, a statement left running by an interruption.
 _KILL_TIMEOUT = 2.0
+#: Bound in seconds on each cleanup statement (COMMIT, ROLLBACK, lock release) by default.
+DEFAULT_CLEANUP_TIMEOUT = 30.0
 
 
 class _State(enum.Enum):
@@ -126,7 +128,7 @@ class DbSession:
         isolation_level: str | None = None,
         lock_timeout: float | None = None,
         operation: str = "default",
-        cleanup_timeout: float = 30.0,
+        cleanup_timeout: float = DEFAULT_CLEANUP_TIMEOUT,
         registry: RegistryArg = DEFAULT_REGISTRY,
         lease: ConnectionLease | None = None,
     ) -> None:

@@ -7,7 +7,6 @@ import asyncio
 import collections
 import contextlib
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar, cast
@@ -15,15 +14,13 @@ from typing import Any, Protocol, TypeVar, cast
 from .. import tracing
 from .._failpoints import failpoint
 from ..db.lease import ConnectionLease
-from ..db.retry import retry_reason
-from ..db.session import DbSession
+from ..db.retry import RETRYABLE_ERRORS, jittered_delay, retry_reason
+from ..db.session import DEFAULT_CLEANUP_TIMEOUT, DbSession
 from ..errors import (
     CommitOutcomeUnknownError,
     DatabaseDisconnectError,
     MessageDecodeError,
     QueueError,
-    RetryableTransactionError,
-    VersionConflictError,
 )
 from ..metrics import RegistryArg, metrics_for
 from .acks import AckBatcher
@@ -44,7 +41,6 @@ DbHandler = Callable[[QueueMessage[Any], DbSession], Awaitable[None]]
 # Remembered last errors, so a dead letter written on a later delivery can say what failed.
 _REMEMBERED_ERRORS = 10_000
 _DELETED = "entry was deleted or trimmed while pending"
-_DEFAULT_CLEANUP_SECONDS = 30.0
 # Pause before re-running a transaction that lost a lock conflict: full jitter, doubling.
 _RETRY_BASE_DELAY = 0.005
 _RETRY_MAX_DELAY = 0.2
@@ -220,19 +216,18 @@ class MessageProcessor:
         """Run ``attempt`` (one transaction, within the time limit); with an engine, run it
         again after a lock conflict, up to ``transaction_retries`` times."""
         retries = self.config.transaction_retries if lease is not None else 0
-        retry = 0
+        failed = 0
         while True:
             try:
                 async with self._time_limit(messages):
                     return await attempt()
-            except (RetryableTransactionError, VersionConflictError) as exc:
-                if retry >= retries:
+            except RETRYABLE_ERRORS as exc:
+                failed += 1
+                if failed > retries:
                     raise
                 self._metrics.inc("retries", self._operation, retry_reason(exc))
-                delay = min(_RETRY_MAX_DELAY, _RETRY_BASE_DELAY * 2**retry)
-                retry += 1
                 _log.debug("%s: running the transaction again after %s", self._operation, exc)
-                await asyncio.sleep(random.uniform(0, delay))
+                await asyncio.sleep(jittered_delay(failed, _RETRY_BASE_DELAY, _RETRY_MAX_DELAY))
 
     def _time_limit(self, messages: int) -> contextlib.AbstractAsyncContextManager[Any]:
         timeout = self.config.handler_timeout
@@ -255,7 +250,7 @@ class MessageProcessor:
             operation=self._operation,
             registry=self._registry,
             lease=lease,
-            cleanup_timeout=self.config.handler_timeout or _DEFAULT_CLEANUP_SECONDS,
+            cleanup_timeout=self.config.handler_timeout or DEFAULT_CLEANUP_TIMEOUT,
         )
 
     async def _handle_in(

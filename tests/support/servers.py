@@ -31,36 +31,32 @@ def _wait_listening(port: int, timeout: float) -> None:
     raise RuntimeError(f"server on port {port} did not start within {timeout} s")
 
 
-class PrivateRedis:
-    """``redis-server`` in a temporary directory; AOF on by default so a SIGKILL loses
-    nothing that was acknowledged to the client."""
+class _PrivateServer:
+    """A server process of ours in a temporary directory: kill, pause, resume, restart,
+    close. Subclasses say how to start it."""
 
-    def __init__(self, *, appendonly: bool = True) -> None:
+    stop_timeout = 10.0
+
+    def __init__(self, prefix: str) -> None:
         self.port = free_port()
-        self.dir = Path(tempfile.mkdtemp(prefix="safesync-redis-"))
-        self.appendonly = appendonly
+        self.dir = Path(tempfile.mkdtemp(prefix=prefix))
         self.process: subprocess.Popen[bytes] | None = None
 
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+    def start(self, *extra: str) -> None:
+        raise NotImplementedError
 
-    def start(self) -> None:
-        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-        self.process = subprocess.Popen(
-            [
-                binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-                "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always",
-                "--save", "", "--daemonize", "no", "--logfile", str(self.dir / "redis.log"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        _wait_listening(self.port, 10)
+    def _launch(self, argv: list[str], startup_timeout: float) -> None:
+        self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_listening(self.port, startup_timeout)
+
+    def _running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
 
     def kill(self) -> None:
-        """SIGKILL: no shutdown, no final save."""
-        if self.process is not None and self.process.poll() is None:
+        """SIGKILL (a paused process too): no shutdown, no final save."""
+        if self._running():
+            self.resume()
+            assert self.process is not None
             self.process.send_signal(signal.SIGKILL)
             self.process.wait(10)
 
@@ -69,35 +65,61 @@ class PrivateRedis:
         os.kill(self.process.pid, signal.SIGSTOP)
 
     def resume(self) -> None:
-        assert self.process is not None
-        os.kill(self.process.pid, signal.SIGCONT)
+        if self._running():
+            assert self.process is not None
+            os.kill(self.process.pid, signal.SIGCONT)
 
-    def restart(self) -> None:
+    def restart(self, *extra: str) -> None:
         self.kill()
-        self.start()
+        self.start(*extra)
 
     def close(self) -> None:
-        if self.process is not None and self.process.poll() is None:
+        if self._running():
             self.resume()
+            assert self.process is not None
             self.process.terminate()
             try:
-                self.process.wait(10)
+                self.process.wait(self.stop_timeout)
             except subprocess.TimeoutExpired:
                 self.process.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-class PrivateMariaDB:
+class PrivateRedis(_PrivateServer):
+    """``redis-server`` in a temporary directory; AOF on by default so a SIGKILL loses
+    nothing that was acknowledged to the client."""
+
+    def __init__(self, *, appendonly: bool = True) -> None:
+        super().__init__("safesync-redis-")
+        self.appendonly = appendonly
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, *extra: str) -> None:
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        self._launch(
+            [
+                binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+                "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always",
+                "--save", "", "--daemonize", "no", "--logfile", str(self.dir / "redis.log"),
+                *extra,
+            ],
+            10,
+        )  # fmt: skip
+
+
+class PrivateMariaDB(_PrivateServer):
     """A private ``mariadbd`` on a free port. The first instance of a run initialises a
     template data directory (a few seconds); every instance starts from a copy of it."""
 
     _template: Path | None = None
+    stop_timeout = 20.0
 
     def __init__(self) -> None:
-        self.port = free_port()
-        self.dir = Path(tempfile.mkdtemp(prefix="safesync-mariadb-"))
+        super().__init__("safesync-mariadb-")
         self.datadir = self.dir / "data"
-        self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -125,7 +147,7 @@ class PrivateMariaDB:
         if not self.datadir.exists():
             shutil.copytree(self._template_dir(), self.datadir)
         binary = shutil.which("mariadbd") or "/usr/sbin/mariadbd"
-        self.process = subprocess.Popen(
+        self._launch(
             [
                 binary, "--no-defaults", f"--datadir={self.datadir}", f"--port={self.port}",
                 "--bind-address=127.0.0.1", f"--socket={self.dir / 'sock'}",
@@ -133,35 +155,5 @@ class PrivateMariaDB:
                 "--innodb-buffer-pool-size=64M", f"--log-error={self.dir / 'error.log'}",
                 *extra,
             ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            30,
         )  # fmt: skip
-        _wait_listening(self.port, 30)
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.resume()
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(10)
-
-    def pause(self) -> None:
-        assert self.process is not None
-        os.kill(self.process.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGCONT)
-
-    def restart(self, *extra: str) -> None:
-        self.kill()
-        self.start(*extra)
-
-    def close(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.resume()
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-        shutil.rmtree(self.dir, ignore_errors=True)
