@@ -28,6 +28,7 @@ class ConsumerVariant:
     processes: int
     concurrency: int
     batch_size: int = 1
+    deferred: bool = False
 
 
 def _safesync(processes: int, concurrency: int) -> ConsumerVariant:
@@ -47,6 +48,11 @@ VARIANTS = (
         "safesync-batch", "safesync_async batch mode (batch 10, concurrency 8), 1 proc",
         "safesync", 1, 8, batch_size=10,
     ),
+    ConsumerVariant(
+        "safesync-batch-deferred",
+        "safesync_async batch mode, deferred writes (batch 10, concurrency 8), 1 proc",
+        "safesync", 1, 8, batch_size=10, deferred=True,
+    ),
     ConsumerVariant("seed-p1", "seed library, 1 proc", "seed", 1, 1),
     ConsumerVariant("seed-p4", "seed library, 4 proc", "seed", 4, 1),
     ConsumerVariant("raw", "raw asyncmy + redis.asyncio loop, 32 workers", "raw", 1, 32),
@@ -57,6 +63,7 @@ RATIOS = (
     ("safesync 1 proc c=32 / raw ceiling", "safesync-p1-c32", "raw", 0.6),
     ("safesync 1 proc c=32 / seed 1 proc", "safesync-p1-c32", "seed-p1", 5.0),
     ("batch mode / raw ceiling", "safesync-batch", "raw", 1.5),
+    ("batch mode, deferred writes / raw ceiling", "safesync-batch-deferred", "raw", 1.5),
 )
 
 
@@ -76,6 +83,7 @@ def specs_for(variant: ConsumerVariant, workload: AccountsWorkload, tag: str) ->
             table=workload.table,
             concurrency=variant.concurrency,
             batch_size=variant.batch_size,
+            deferred=variant.deferred,
             database_url=DATABASE_URL,
             redis_url=REDIS_URL,
         )

@@ -29,6 +29,7 @@ class WorkerSpec:
     database_url: str
     redis_url: str
     batch_size: int = 1
+    deferred: bool = False  # the handler defers its UPDATE instead of executing it
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

@@ -134,9 +134,10 @@ def _consumer(section: dict[str, Any], cpus: int) -> list[str]:
         "µs/msg is CPU time per message. Other CPU is what the rest of the host used",
         "meanwhile (kernel, the harness, other processes); host busy is the share of all",
         "CPUs busy during the run. Statements/msg counts what the server received per",
-        "message (UPDATE + COMMIT is 2; more means extra round trips, re-runs after a",
-        "rollback, or other clients of a shared server); fsyncs/msg counts InnoDB data file",
-        "fsyncs per message (group commit shares one among many commits).",
+        "message (UPDATE + COMMIT is 2; more means extra statements, re-runs after a",
+        "rollback, or other clients of a shared server; deferred writes count one each",
+        "although they share a round trip); fsyncs/msg counts InnoDB data file fsyncs per",
+        "message (group commit shares one among many commits).",
         "",
     ]
     rows = []

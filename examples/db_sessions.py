@@ -1,6 +1,6 @@
 """DbSession in practice: statements and results, per-transaction options, SQLAlchemy
-constructs, savepoints for expected failures, the rollback-only rule, and a connection
-lease for a series of short transactions. Each function's outcome is checked in main()."""
+constructs, savepoints for expected failures, the rollback-only rule, deferred writes
+that share a round trip, and a connection lease for a series of short transactions. Each function's outcome is checked in main()."""
 
 from __future__ import annotations
 
@@ -128,6 +128,24 @@ async def move_while_locked(engine: AsyncEngine) -> str:
 # --8<-- [end:rollback-only]
 
 
+# --8<-- [start:deferred]
+async def apply_counts(engine: AsyncEngine, counts: dict[str, int]) -> list[int]:
+    """Writes whose results are not needed yet: sent together, in one round trip on
+    MySQL/MariaDB, before the next statement or the COMMIT."""
+    async with DbSession(engine) as session:
+        for sku, qty in counts.items():
+            session.defer(  # no await: queued, parameters checked now
+                "UPDATE example_stock SET qty = :qty WHERE sku = :sku", {"sku": sku, "qty": qty}
+            )
+        matched = await session.flush()  # optional: run them now, rows matched by each
+        # Without flush(), the next statement or the commit would have sent them; a
+        # failing one raises there and the whole transaction rolls back.
+    return matched
+
+
+# --8<-- [end:deferred]
+
+
 # --8<-- [start:lease]
 async def import_counts(engine: AsyncEngine, counts: dict[str, int]) -> None:
     """Many short transactions in a row from one task: keep one pooled connection."""
@@ -170,6 +188,8 @@ async def main() -> None:
         before = await quantities(engine)
         assert await move_while_locked(engine) == "LockWaitTimeoutError"
         assert await quantities(engine) == before  # the first UPDATE was not committed
+        assert await apply_counts(engine, {"bolt": 1, "nut": 1, "gear": 1}) == [1, 1, 0]
+        assert await quantities(engine) == {"bolt": 1, "nut": 1, "washer": 15}
         await import_counts(engine, {"bolt": 7, "nut": 4, "washer": 0})
         assert await quantities(engine) == {"bolt": 7, "nut": 4, "washer": 0}
         print(f"stock after the session examples: {await quantities(engine)}")

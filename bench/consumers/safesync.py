@@ -55,8 +55,13 @@ class SafesyncConsumer(AsyncVariant):
         async def deposit(message: QueueMessage[Any], session: DbSession) -> None:
             await session.execute(sql, message.payload)
 
+        async def deposit_deferred(message: QueueMessage[Any], session: DbSession) -> None:
+            session.defer(sql, message.payload)
+
         await self.consumer.run_until_drained(
-            deposit, engine=self.engine, poll_interval=DRAIN_POLL_SECONDS
+            deposit_deferred if self.spec.deferred else deposit,
+            engine=self.engine,
+            poll_interval=DRAIN_POLL_SECONDS,
         )
         stats = self.consumer.statistics()
         transactions = {

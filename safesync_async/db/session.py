@@ -48,6 +48,10 @@ _T = TypeVar("_T")
 _KILL_TIMEOUT = 2.0
 #: Bound in seconds on each cleanup statement (COMMIT, ROLLBACK, lock release) by default.
 DEFAULT_CLEANUP_TIMEOUT = 30.0
+#: Most statements a session holds deferred; beyond, defer() asks for a flush().
+MAX_DEFERRED = 10_000
+# Most SQL text sent in one round trip when deferred statements are flushed.
+_ROUND_TRIP_BYTES = 512 * 1024
 
 
 class _State(enum.Enum):
@@ -69,6 +73,17 @@ def _compiled_text(sql: str, dialect: SADialect) -> tuple[str, tuple[str, ...] |
     compiled = _text(sql).compile(dialect=dialect)
     names = tuple(compiled.positiontup) if compiled.positiontup is not None else None
     return compiled.string, names
+
+
+class _Deferred:
+    """A statement waiting for the next flush; ``rendered`` when it can share a round trip."""
+
+    __slots__ = ("params", "rendered", "sql")
+
+    def __init__(self, sql: Statement, params: Params, rendered: str | None) -> None:
+        self.sql = sql
+        self.params = params
+        self.rendered = rendered
 
 
 def _executable(statement: Statement) -> Executable:
@@ -104,7 +119,9 @@ class DbSession:
 
     SQL text runs straight on the driver connection (compiled once per distinct
     text); SQLAlchemy constructs run through SQLAlchemy. Both share the transaction.
-    A DbSession is single-use and is not safe to share between tasks.
+    Writes whose results are not needed can be :meth:`defer`-red: they are sent
+    together, in one round trip where the driver allows it, before the next statement
+    or the commit. A DbSession is single-use and is not safe to share between tasks.
 
     Args:
         engine: an :class:`~sqlalchemy.ext.asyncio.AsyncEngine` (MySQL, MariaDB or
@@ -161,6 +178,7 @@ class DbSession:
         self._direct_used = False
         self._server_session_id: int | None = None
         self._failure: DatabaseError | None = None
+        self._deferred: list[_Deferred] = []
         self._transaction_lost = False
         self._interrupted = False
         self._broken = False
@@ -209,6 +227,12 @@ class DbSession:
     ) -> None:
         if self._state is not _State.ACTIVE:
             return
+        if exc is None and self._deferred and not self.is_rollback_only:
+            try:
+                await self.flush()  # like the body's own statements: interruptible
+            except BaseException:
+                await run_to_completion(self._finish(body_failed=True))
+                raise
         await run_to_completion(self._finish(body_failed=exc is not None))
 
     # -- statements --------------------------------------------------------------
@@ -242,6 +266,68 @@ class DbSession:
         """Return the first column of the first row, or ``None`` if there is no row."""
         return (await self._execute(sql, params)).scalar()
 
+    def defer(self, sql: Statement, params: Params = None) -> None:
+        """Queue a write whose result is not needed now, to be sent with others.
+
+        Deferred statements run, in the order they were deferred, before the next
+        statement of the session (through any method), before a savepoint begins or
+        ends, at :meth:`flush`, and before the commit. On MySQL and MariaDB (asyncmy),
+        consecutive SQL texts share one round trip (a multi-statement query), so a
+        unit of work made of N independent writes costs one round trip instead of N;
+        elsewhere, and for SQLAlchemy constructs, they run one by one at that point.
+
+        A deferred statement that fails raises *there*: from the statement that
+        flushed it, or from the ``async with`` exit instead of committing. The session
+        is then rollback-only as after any failed statement, and the statements
+        deferred after the failing one are not run. Parameters are checked now.
+        Give one statement per call.
+        """
+        self._usable()
+        if len(self._deferred) >= MAX_DEFERRED:
+            raise SessionStateError(
+                f"{MAX_DEFERRED} statements are already deferred; await session.flush() "
+                "before deferring more"
+            )
+        rendered = None
+        direct = self._direct
+        if direct is not None and isinstance(sql, str):
+            query, args = self._driver_query(sql, params)
+            rendered = direct.render(query, args)
+        else:
+            _executable(sql)  # reject what cannot be executed now, not at the flush
+        self._deferred.append(_Deferred(sql, params, rendered))
+
+    async def flush(self) -> list[int]:
+        """Run the deferred statements now; the number of rows each one matched."""
+        self._usable()
+        pending, self._deferred = self._deferred, []
+        counts: list[int] = []
+        index = 0
+        while index < len(pending):
+            script: list[str] = []
+            size = 0
+            while index + len(script) < len(pending) and size < _ROUND_TRIP_BYTES:
+                rendered = pending[index + len(script)].rendered
+                if rendered is None:
+                    break
+                script.append(rendered)
+                size += len(rendered)
+            try:
+                if script:
+                    await self._run_rendered(script, counts)
+                    index += len(script)
+                else:
+                    statement = pending[index]
+                    counts.append(await self.execute(statement.sql, statement.params))
+                    index += 1
+            except DatabaseError as error:
+                error.add_note(
+                    f"raised by deferred statement {len(counts) + 1} of {len(pending)}: "
+                    f"{pending[len(counts)].sql}"
+                )
+                raise
+        return counts
+
     @property
     def connection(self) -> AsyncConnection:
         """The underlying :class:`AsyncConnection`, for what the helpers do not cover.
@@ -250,6 +336,11 @@ class DbSession:
         commit or roll back through it.
         """
         self._usable()
+        if self._deferred:
+            raise SessionStateError(
+                "statements are deferred; await session.flush() before using "
+                "session.connection, so that they run first"
+            )
         return self._connection()
 
     @property
@@ -276,6 +367,7 @@ class DbSession:
         nested = await self._guard(lambda: self._connection().begin_nested())
         try:
             yield
+            await self.flush()  # writes deferred inside the savepoint belong to it
         except Exception:
             if self._transaction_lost or self._interrupted or self._broken:
                 raise
@@ -326,17 +418,7 @@ class DbSession:
         """Run one statement with the session's error bookkeeping."""
         direct = self._direct
         if direct is not None and isinstance(sql, str):
-            query, names = _compiled_text(sql, self._engine.dialect)
-            args: Sequence[Any] | dict[str, Any]
-            if names is None:
-                args = dict(params or {})
-            else:
-                try:
-                    args = tuple([params[name] for name in names]) if names else ()  # type: ignore[index]
-                except (KeyError, TypeError) as exc:
-                    raise DatabaseError(
-                        f"missing value for a bind parameter of {sql!r}: {exc!r}"
-                    ) from None
+            query, args = self._driver_query(sql, params)
             self._direct_used = True
             return await self._guard(
                 lambda: direct.execute(query, args), nowait=nowait, tolerate=tolerate, native=True
@@ -350,6 +432,22 @@ class DbSession:
 
         return await self._guard(through_sqlalchemy, nowait=nowait, tolerate=tolerate)
 
+    def _driver_query(self, sql: str, params: Params) -> tuple[str, Sequence[Any] | dict[str, Any]]:
+        """SQL text and parameters in the driver's own form."""
+        query, names = _compiled_text(sql, self._engine.dialect)
+        if names is None:
+            return query, dict(params or {})
+        try:
+            return query, tuple([params[name] for name in names]) if names else ()  # type: ignore[index]
+        except (KeyError, TypeError) as exc:
+            raise DatabaseError(f"missing value for a bind parameter of {sql!r}: {exc!r}") from None
+
+    async def _run_rendered(self, script: list[str], counts: list[int]) -> None:
+        direct = self._direct
+        assert direct is not None
+        self._direct_used = True
+        await self._guard(lambda: direct.execute_rendered(script, counts), native=True)
+
     async def _guard(
         self,
         call: Callable[[], Awaitable[_T]],
@@ -361,8 +459,10 @@ class DbSession:
         """Run one database call: refuse it if the session cannot take it, classify
         failures, and record what they mean for the transaction and the connection.
         ``native`` says the call went to the driver directly rather than SQLAlchemy, so
-        any exception it raises is a driver error."""
+        any exception it raises is a driver error. Deferred statements run first."""
         self._usable()
+        if self._deferred:
+            await self.flush()
         self._busy = True
         try:
             return await call()
@@ -438,6 +538,7 @@ class DbSession:
         commit.
         """
         self._state = _State.CLOSING
+        self._deferred = []  # not flushed by now: the transaction does not commit
         outcome = "rolled_back"
         try:
             if self._fairy is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -57,3 +58,44 @@ async def test_batches_commit_together_and_isolate_poison(
     assert await pending_count(redis, stream, "g") == 0
     stats = consumer.statistics()
     assert stats.acked == 3_000 - 3 and stats.failed == 3
+
+
+async def test_batches_of_deferred_writes_isolate_a_failing_write(
+    engine: AsyncEngine, make_table: TableFactory, redis: Any, stream: str
+) -> None:
+    """Handlers that only defer their writes: a batch's statements go to the database at
+    its commit, so a write failing there (a duplicate key) fails the whole batch; its
+    messages are then handled one by one, the offending ones dead-lettered, and every
+    other message applied exactly once."""
+    effects = await make_table(EFFECTS)
+    claimed = await make_table("CREATE TABLE {table} (n INT PRIMARY KEY)")
+    poison = [11, 900, 1_999]
+    async with DbSession(engine) as s:
+        for n in poison:
+            await s.execute(f"INSERT INTO {claimed} VALUES (:n)", {"n": n})
+    await QueueProducer(redis, stream).publish_batch({"n": i} for i in range(2_000))
+
+    async def handler(message: QueueMessage[Any], session: DbSession) -> None:
+        n = message.payload["n"]
+        session.defer(f"INSERT INTO {claimed} VALUES (:n)", {"n": n})
+        session.defer(
+            f"INSERT INTO {effects} (message_id, n) VALUES (:id, :n)", {"id": message.id, "n": n}
+        )
+
+    config = QueueConfig(
+        stream_key=stream, consumer_group="g", consumer_name="c", block_ms=100,
+        concurrency=4, batch_size=25, max_deliveries=1,
+    )  # fmt: skip
+    registry = CollectorRegistry()
+    consumer = QueueConsumer(redis, config, registry=registry)
+    await consumer.run_until_drained(handler, engine=engine)
+    assert await effect_counts(engine, effects) == (2_000 - 3, 2_000 - 3)
+    letters = [parse_dead_letter(i.decode(), f) for i, f in await redis.xrange(f"{stream}:dead")]
+    assert sorted(json.loads(x.fields[b"data"])["n"] for x in letters) == poison
+    assert all(x.error.startswith("DuplicateKeyError") for x in letters)
+    assert await pending_count(redis, stream, "g") == 0
+    commits = registry.get_sample_value(
+        "safesync_db_transactions_total",
+        {"operation": f"consume:{stream}", "outcome": "committed"},
+    )
+    assert commits is not None and commits < 2_000 / 10

@@ -90,6 +90,17 @@ class DirectExecutor(Protocol):
 
     async def execute(self, query: str, args: Sequence[Any] | dict[str, Any]) -> Rows: ...
 
+    def render(self, query: str, args: Sequence[Any] | dict[str, Any]) -> str | None:
+        """The statement with its parameters inlined exactly as the driver would send it,
+        or None if the connection cannot run several statements in one round trip."""
+        ...
+
+    async def execute_rendered(self, statements: Sequence[str], counts: list[int]) -> None:
+        """Send rendered statements in one round trip; append each one's matched row
+        count to ``counts`` as its result arrives. The server stops at the first failing
+        statement, whose error is raised: ``len(counts)`` is then its index."""
+        ...
+
     async def commit(self) -> None: ...
 
     async def rollback(self) -> None: ...

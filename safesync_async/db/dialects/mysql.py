@@ -147,16 +147,22 @@ class MySQLDialect(Dialect):
 
 
 _SERVER_STATUS_IN_TRANS = 1
+_CLIENT_MULTI_STATEMENTS = 1 << 16
+# Rendered statements are separated by a line of their own, so that a statement ending
+# in a "-- comment" cannot swallow the separator.
+_STATEMENT_SEPARATOR = "\n;\n"
 
 
 class AsyncmyExecutor:
     """Statements on a native asyncmy connection (one buffered cursor, format paramstyle)."""
 
-    __slots__ = ("_connection", "_cursor")
+    __slots__ = ("_connection", "_cursor", "_multi_statements")
 
     def __init__(self, connection: Any) -> None:
         self._connection = connection
         self._cursor = connection.cursor()
+        flags = getattr(connection, "_client_flag", 0)
+        self._multi_statements = isinstance(flags, int) and bool(flags & _CLIENT_MULTI_STATEMENTS)
 
     async def execute(self, query: str, args: Sequence[Any] | dict[str, Any]) -> Rows:
         cursor = self._cursor
@@ -166,6 +172,19 @@ class AsyncmyExecutor:
             return Rows(cursor.rowcount, (), (), (cursor.lastrowid,) if cursor.lastrowid else None)
         rows = await cursor.fetchall()
         return Rows(cursor.rowcount, tuple(column[0] for column in description), rows)
+
+    def render(self, query: str, args: Sequence[Any] | dict[str, Any]) -> str | None:
+        if not self._multi_statements:
+            return None
+        rendered: str = self._cursor.mogrify(query, args)
+        return rendered.rstrip().rstrip(";")
+
+    async def execute_rendered(self, statements: Sequence[str], counts: list[int]) -> None:
+        cursor = self._cursor
+        await cursor.execute(_STATEMENT_SEPARATOR.join(statements))
+        counts.append(cursor.rowcount)
+        while await cursor.nextset():
+            counts.append(cursor.rowcount)
 
     async def commit(self) -> None:
         await self._connection.commit()
