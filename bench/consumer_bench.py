@@ -45,6 +45,11 @@ def _safesync(processes: int, concurrency: int) -> ConsumerVariant:
 VARIANTS = (
     *(_safesync(p, c) for p in (1, 2) for c in (1, 16, 32)),
     ConsumerVariant(
+        "safesync-p1-c32-deferred",
+        "safesync_async, 1 proc x concurrency 32, deferred write",
+        "safesync", 1, 32, deferred=True,
+    ),
+    ConsumerVariant(
         "safesync-batch", "safesync_async batch mode (batch 10, concurrency 8), 1 proc",
         "safesync", 1, 8, batch_size=10,
     ),
@@ -62,6 +67,7 @@ VARIANTS = (
 RATIOS = (
     ("safesync 1 proc c=32 / raw ceiling", "safesync-p1-c32", "raw", 0.6),
     ("safesync 1 proc c=32 / seed 1 proc", "safesync-p1-c32", "seed-p1", 5.0),
+    ("safesync 1 proc c=32, deferred write / raw ceiling", "safesync-p1-c32-deferred", "raw", 0.6),
     ("batch mode / raw ceiling", "safesync-batch", "raw", 1.5),
     ("batch mode, deferred writes / raw ceiling", "safesync-batch-deferred", "raw", 1.5),
 )

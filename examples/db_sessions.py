@@ -1,6 +1,7 @@
 """DbSession in practice: statements and results, per-transaction options, SQLAlchemy
 constructs, savepoints for expected failures, the rollback-only rule, deferred writes
-that share a round trip, and a connection lease for a series of short transactions. Each function's outcome is checked in main()."""
+that share a round trip, and a connection lease for a series of short transactions.
+Each function's outcome is checked in main()."""
 
 from __future__ import annotations
 
@@ -129,18 +130,18 @@ async def move_while_locked(engine: AsyncEngine) -> str:
 
 
 # --8<-- [start:deferred]
-async def apply_counts(engine: AsyncEngine, counts: dict[str, int]) -> list[int]:
-    """Writes whose results are not needed yet: sent together, in one round trip on
-    MySQL/MariaDB, before the next statement or the COMMIT."""
+async def apply_counts(engine: AsyncEngine, counts: dict[str, int]) -> list[str]:
+    """Writes whose results are not needed at once: sent together, in one round trip on
+    MySQL/MariaDB, before the next statement or with the COMMIT. Returns the unknown skus."""
     async with DbSession(engine) as session:
         for sku, qty in counts.items():
             session.defer(  # no await: queued, parameters checked now
                 "UPDATE example_stock SET qty = :qty WHERE sku = :sku", {"sku": sku, "qty": qty}
             )
-        matched = await session.flush()  # optional: run them now, rows matched by each
-        # Without flush(), the next statement or the commit would have sent them; a
-        # failing one raises there and the whole transaction rolls back.
-    return matched
+        matched = await session.flush()  # optional: run them now; rows matched by each
+        # Without flush() they would have gone with the COMMIT: one round trip in all. A
+        # failing one raises where they are sent, and the whole transaction rolls back.
+    return [sku for sku, rows in zip(counts, matched, strict=True) if rows == 0]
 
 
 # --8<-- [end:deferred]
@@ -188,7 +189,7 @@ async def main() -> None:
         before = await quantities(engine)
         assert await move_while_locked(engine) == "LockWaitTimeoutError"
         assert await quantities(engine) == before  # the first UPDATE was not committed
-        assert await apply_counts(engine, {"bolt": 1, "nut": 1, "gear": 1}) == [1, 1, 0]
+        assert await apply_counts(engine, {"bolt": 1, "nut": 1, "gear": 1}) == ["gear"]
         assert await quantities(engine) == {"bolt": 1, "nut": 1, "washer": 15}
         await import_counts(engine, {"bolt": 7, "nut": 4, "washer": 0})
         assert await quantities(engine) == {"bolt": 7, "nut": 4, "washer": 0}

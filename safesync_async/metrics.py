@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
+from collections.abc import Callable
 from typing import Any, Final
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
@@ -174,6 +175,15 @@ class Metrics:
             return
         try:
             self._child(histogram_name, labels).observe(value)
+        except Exception as exc:
+            self.failed(exc)
+
+    def track(self, gauge_name: str, read: Callable[[], float], *labels: str) -> None:
+        """Make a gauge report ``read()`` whenever it is collected (nothing per update)."""
+        if not self.enabled:
+            return
+        try:
+            self._child(gauge_name, labels).set_function(read)
         except Exception as exc:
             self.failed(exc)
 

@@ -3,11 +3,24 @@ never raising into user code."""
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import pytest
 from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from safesync_async import AdvisoryLock, DbSession, DuplicateKeyError, RowLock
+from safesync_async import (
+    AdvisoryLock,
+    DbSession,
+    DuplicateKeyError,
+    QueueConfig,
+    QueueConsumer,
+    QueueMessage,
+    QueueProducer,
+    RowLock,
+)
 from safesync_async.metrics import metrics_for
 
 from .conftest import TableFactory
@@ -53,3 +66,36 @@ def test_recording_never_raises() -> None:
     metrics.inc("transactions", "only-one-label")
     metrics.observe("lock_wait_seconds", 1.0, "a", "b", "c")
     metrics.set("lag", 1.0)
+    metrics.track("in_flight", lambda: 1.0)
+
+
+async def test_consumer_in_flight_gauge_follows_the_consumer(redis: Redis, stream: str) -> None:
+    """The in-flight gauge is read when metrics are collected: it shows the entries a
+    running consumer holds, and zero once it has stopped."""
+    registry = CollectorRegistry()
+    await QueueProducer(redis, stream).publish_batch({"n": i} for i in range(6))
+    consumer = QueueConsumer(
+        redis,
+        QueueConfig(stream_key=stream, consumer_group="g", concurrency=3, block_ms=50),
+        registry=registry,
+    )
+    held = asyncio.Event()
+    release = asyncio.Event()
+    seen: list[float | None] = []
+    labels = {"stream": stream, "group": "g"}
+
+    async def handler(message: QueueMessage[Any]) -> None:
+        if consumer.statistics().in_flight >= 3:
+            held.set()
+        await release.wait()
+
+    async def observe() -> None:
+        await held.wait()
+        seen.append(registry.get_sample_value("safesync_queue_in_flight_messages", labels))
+        release.set()
+
+    async with asyncio.TaskGroup() as tasks:
+        tasks.create_task(observe())
+        tasks.create_task(consumer.run_until_drained(handler))
+    assert seen and seen[0] is not None and seen[0] >= 3
+    assert registry.get_sample_value("safesync_queue_in_flight_messages", labels) == 0

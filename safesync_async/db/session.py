@@ -9,7 +9,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -84,6 +84,24 @@ class _Deferred:
         self.sql = sql
         self.params = params
         self.rendered = rendered
+
+
+def _round_trips(pending: list[_Deferred]) -> Iterator[list[str] | _Deferred]:
+    """Deferred statements as they are sent: consecutive rendered ones together (up to
+    _ROUND_TRIP_BYTES of text), any other alone."""
+    script: list[str] = []
+    size = 0
+    for item in pending:
+        if script and (item.rendered is None or size >= _ROUND_TRIP_BYTES):
+            yield script
+            script, size = [], 0
+        if item.rendered is None:
+            yield item
+        else:
+            script.append(item.rendered)
+            size += len(item.rendered)
+    if script:
+        yield script
 
 
 def _executable(statement: Statement) -> Executable:
@@ -227,7 +245,12 @@ class DbSession:
     ) -> None:
         if self._state is not _State.ACTIVE:
             return
-        if exc is None and self._deferred and not self.is_rollback_only:
+        if (
+            exc is None
+            and self._deferred
+            and not self.is_rollback_only
+            and self._commit_script() is None
+        ):
             try:
                 await self.flush()  # like the body's own statements: interruptible
             except BaseException:
@@ -279,8 +302,9 @@ class DbSession:
         A deferred statement that fails raises *there*: from the statement that
         flushed it, or from the ``async with`` exit instead of committing. The session
         is then rollback-only as after any failed statement, and the statements
-        deferred after the failing one are not run. Parameters are checked now.
-        Give one statement per call.
+        deferred after the failing one are not run. On MySQL and MariaDB the
+        parameters are bound at once (a missing one raises here). Give one statement
+        per call.
         """
         self._usable()
         if len(self._deferred) >= MAX_DEFERRED:
@@ -302,30 +326,18 @@ class DbSession:
         self._usable()
         pending, self._deferred = self._deferred, []
         counts: list[int] = []
-        index = 0
-        while index < len(pending):
-            script: list[str] = []
-            size = 0
-            while index + len(script) < len(pending) and size < _ROUND_TRIP_BYTES:
-                rendered = pending[index + len(script)].rendered
-                if rendered is None:
-                    break
-                script.append(rendered)
-                size += len(rendered)
-            try:
-                if script:
-                    await self._run_rendered(script, counts)
-                    index += len(script)
+        try:
+            for group in _round_trips(pending):
+                if isinstance(group, _Deferred):
+                    counts.append(await self.execute(group.sql, group.params))
                 else:
-                    statement = pending[index]
-                    counts.append(await self.execute(statement.sql, statement.params))
-                    index += 1
-            except DatabaseError as error:
-                error.add_note(
-                    f"raised by deferred statement {len(counts) + 1} of {len(pending)}: "
-                    f"{pending[len(counts)].sql}"
-                )
-                raise
+                    await self._run_rendered(group, counts)
+        except DatabaseError as error:
+            failed = pending[min(len(counts), len(pending) - 1)]
+            error.add_note(
+                f"raised by deferred statement {len(counts) + 1} of {len(pending)}: {failed.sql}"
+            )
+            raise
         return counts
 
     @property
@@ -538,7 +550,9 @@ class DbSession:
         commit.
         """
         self._state = _State.CLOSING
-        self._deferred = []  # not flushed by now: the transaction does not commit
+        # Deferred statements still waiting travel with the COMMIT, or are dropped.
+        carried = self._commit_script() or []
+        self._deferred = []
         outcome = "rolled_back"
         try:
             if self._fairy is None:
@@ -557,7 +571,7 @@ class DbSession:
                     ) from self._failure
             else:
                 outcome = "commit_failed"
-                await self._commit()
+                await self._commit(carried)
                 outcome = "committed"
         except CommitOutcomeUnknownError:
             outcome = "commit_unknown"
@@ -598,10 +612,32 @@ class DbSession:
         elif self._direct is not None and self._direct_used:
             await (self._direct.commit() if commit else self._direct.rollback())
 
-    async def _commit(self) -> None:
+    def _commit_script(self) -> list[str] | None:
+        """The deferred statements as text that can share the COMMIT's round trip (only
+        on the driver path, with SQLAlchemy not holding the transaction), else None."""
+        if self._direct is None or self._sa_conn is not None:
+            return None
+        script = []
+        size = 0
+        for item in self._deferred:
+            if item.rendered is None:
+                return None
+            script.append(item.rendered)
+            size += len(item.rendered)
+        return script if size <= _ROUND_TRIP_BYTES else None
+
+    async def _commit(self, carried: list[str]) -> None:
+        """COMMIT, preceded in the same round trip by the ``carried`` deferred statements:
+        that round trip is then the commit, bounded and not interruptible like it."""
+        counts: list[int] = []
         try:
             async with asyncio.timeout(self._cleanup_timeout):
-                await self._end_transaction(commit=True)
+                if carried:
+                    assert self._direct is not None
+                    self._direct_used = True
+                    await self._direct.execute_rendered(carried, counts, then_commit=True)
+                else:
+                    await self._end_transaction(commit=True)
         except TimeoutError as exc:
             self._interrupted = True
             await self._discard("commit_unknown")
@@ -621,7 +657,13 @@ class DbSession:
                     sqlstate=info.sqlstate,
                 ) from exc
             await self._rollback()
-            raise self._dialect.build_error(info) from exc
+            error = self._dialect.build_error(info)
+            if len(counts) < len(carried):
+                error.add_note(
+                    f"raised by deferred statement {len(counts) + 1} of {len(carried)}, "
+                    "sent with the COMMIT; nothing was committed"
+                )
+            raise error from exc
 
     async def _rollback(self) -> None:
         try:
@@ -634,6 +676,8 @@ class DbSession:
 
     async def _reset_connection(self) -> None:
         """Undo what the session changed on the connection, or discard it."""
+        if not (self._holds_named_locks or self._restore_sql is not None):
+            return
         if not self._connection_valid():
             return
         statements = []
@@ -713,6 +757,8 @@ def driver_state(
 def _check_seconds(name: str, value: float | None, *, allow_none: bool) -> None:
     if value is None and allow_none:
         return
+    if type(value) is float and 0 < value < math.inf:
+        return  # the common case, checked cheaply: sessions are made per message
     if (
         not isinstance(value, int | float)
         or isinstance(value, bool)

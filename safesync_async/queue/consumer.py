@@ -312,6 +312,7 @@ class QueueConsumer:
         self._loop = asyncio.get_running_loop()
         stop_requested = self._stop_requested = asyncio.Event()
         self._slots_freed = asyncio.Event()
+        self._recorder.track_in_flight(self._outstanding.__len__)
         if self._stopping:
             stop_requested.set()
         concurrency = self._effective_concurrency(engine)
@@ -362,7 +363,6 @@ class QueueConsumer:
             self._stopping = False
             self._processor.acks = None
             self._outstanding.clear()
-            self._recorder.record_in_flight(0)
         failure, self._failure = self._failure, None
         if failure is not None:
             raise failure
@@ -549,7 +549,6 @@ class QueueConsumer:
                 finally:
                     for delivery in batch:
                         self._outstanding.pop(delivery.id, None)
-                    self._recorder.record_in_flight(len(self._outstanding))
                     assert self._slots_freed is not None
                     self._slots_freed.set()
         finally:
@@ -594,7 +593,6 @@ class QueueConsumer:
         for delivery in deliveries:
             self._outstanding[delivery.id] = time.monotonic()
             work.put_nowait(delivery)
-        self._recorder.record_in_flight(len(self._outstanding))
 
     # -- bookkeeping -----------------------------------------------------------------
 

@@ -44,6 +44,7 @@ _DELETED = "entry was deleted or trimmed while pending"
 # Pause before re-running a transaction that lost a lock conflict: full jitter, doubling.
 _RETRY_BASE_DELAY = 0.005
 _RETRY_MAX_DELAY = 0.2
+_NO_CONTEXT = contextlib.nullcontext()  # reusable: "no span", "no time limit"
 _T = TypeVar("_T")
 
 
@@ -232,12 +233,12 @@ class MessageProcessor:
     def _time_limit(self, messages: int) -> contextlib.AbstractAsyncContextManager[Any]:
         timeout = self.config.handler_timeout
         if timeout is None:
-            return contextlib.nullcontext()
+            return _NO_CONTEXT
         return asyncio.timeout(timeout * messages)
 
     def _message_span(self, message: QueueMessage[Any]) -> contextlib.AbstractContextManager[Any]:
         if not tracing.active():
-            return contextlib.nullcontext()
+            return _NO_CONTEXT
         return tracing.message_span(
             message.stream, message.group, message.id, message.fields, message.delivery_count
         )

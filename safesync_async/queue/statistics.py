@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import QueueConnectionError
@@ -106,8 +107,9 @@ class ConsumerRecorder:
         self.groups_recreated += 1
         self._metrics.inc("groups_recreated", *self._labels)
 
-    def record_in_flight(self, count: int) -> None:
-        self._metrics.set("in_flight", count, *self._labels)
+    def track_in_flight(self, count: Callable[[], int]) -> None:
+        """Report ``count()`` as the in-flight gauge whenever metrics are collected."""
+        self._metrics.track("in_flight", count, *self._labels)
 
     def record_handler_time(self, seconds: float) -> None:
         self._metrics.observe("handler_seconds", seconds, *self._labels)

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from safesync_async import (
+    CommitOutcomeUnknownError,
     DatabaseError,
     DbSession,
     DuplicateKeyError,
@@ -44,31 +45,81 @@ async def _balances(engine: AsyncEngine, table: str) -> dict[int, int]:
 
 
 @pytest.fixture
-def round_trips(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Sizes of the multi-statement round trips sent by the MariaDB executor."""
-    sizes: list[int] = []
+def round_trips(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, bool]]:
+    """(statements, with COMMIT) of each multi-statement round trip the MariaDB executor
+    sends, and a separate COMMIT as (0, True)."""
+    trips: list[tuple[int, bool]] = []
     original = AsyncmyExecutor.execute_rendered
+    original_commit = AsyncmyExecutor.commit
 
-    async def counting(self: AsyncmyExecutor, statements: Sequence[str], counts: list[int]) -> None:
-        sizes.append(len(statements))
-        await original(self, statements, counts)
+    async def counting(
+        self: AsyncmyExecutor,
+        statements: Sequence[str],
+        counts: list[int],
+        *,
+        then_commit: bool = False,
+    ) -> None:
+        trips.append((len(statements), then_commit))
+        await original(self, statements, counts, then_commit=then_commit)
+
+    async def commit(self: AsyncmyExecutor) -> None:
+        trips.append((0, True))
+        await original_commit(self)
 
     monkeypatch.setattr(AsyncmyExecutor, "execute_rendered", counting)
-    return sizes
+    monkeypatch.setattr(AsyncmyExecutor, "commit", commit)
+    return trips
 
 
 async def test_deferred_writes_commit_together(
-    engine: AsyncEngine, backend: Backend, make_table: TableFactory, round_trips: list[int]
+    engine: AsyncEngine,
+    backend: Backend,
+    make_table: TableFactory,
+    round_trips: list[tuple[int, bool]],
 ) -> None:
-    """Fifty deferred UPDATEs are applied at the commit, in order; on MariaDB they take
-    one round trip."""
+    """Fifty-one deferred UPDATEs are applied at the commit, in order; on MariaDB they
+    and the COMMIT take one round trip."""
     table = await _accounts(engine, make_table)
+    round_trips.clear()
     async with DbSession(engine) as s:
         for i in range(50):
             s.defer(f"UPDATE {table} SET balance = balance + :d WHERE id = :id", {"d": i, "id": 1})
         s.defer(f"UPDATE {table} SET balance = balance * 2 WHERE id = :id", {"id": 2})
+    assert round_trips == ([(51, True)] if backend.name == "mariadb" else [])
     assert await _balances(engine, table) == {1: 100 + sum(range(50)), 2: 200, 3: 100}
-    assert round_trips == ([51] if backend.name == "mariadb" else [])
+
+
+async def test_round_trips_are_bounded_and_keep_the_order(
+    engine: AsyncEngine,
+    backend: Backend,
+    make_table: TableFactory,
+    round_trips: list[tuple[int, bool]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SQL text is grouped up to the size limit of a round trip; a SQLAlchemy construct
+    runs on its own between the groups, in its place in the order (and, SQLAlchemy then
+    holding the transaction, the COMMIT goes through SQLAlchemy, on its own)."""
+    table = await _accounts(engine, make_table)
+    monkeypatch.setattr(session_module, "_ROUND_TRIP_BYTES", 100)
+    round_trips.clear()
+    update = f"UPDATE {table} SET balance = balance * 2 + :d WHERE id = 1"
+    async with DbSession(engine) as s:
+        for d in range(5):
+            s.defer(update, {"d": d})
+        s.defer(sa.text(f"UPDATE {table} SET balance = balance * 10 WHERE id = 1"))
+        s.defer(update, {"d": 5})
+    expected = 100
+    for d in range(5):
+        expected = expected * 2 + d
+    expected = (expected * 10) * 2 + 5
+    trips = list(round_trips)
+    assert (await _balances(engine, table))[1] == expected
+    if backend.name == "mariadb":
+        length = len(f"UPDATE {table} SET balance = balance * 2 + 0 WHERE id = 1")
+        per_trip = -(-100 // length)  # a group closes once it reaches the limit
+        sizes = [size for size, _ in trips]
+        assert sum(sizes) == 6 and max(sizes) == per_trip and len(sizes) > 2
+        assert not any(with_commit for _, with_commit in trips)
 
 
 async def test_next_statement_sees_deferred_writes(
@@ -142,10 +193,11 @@ async def test_deferred_failure_inside_a_savepoint_is_contained(
 
 
 async def test_deferred_writes_are_dropped_when_the_body_fails(
-    engine: AsyncEngine, make_table: TableFactory, round_trips: list[int]
+    engine: AsyncEngine, make_table: TableFactory, round_trips: list[tuple[int, bool]]
 ) -> None:
     """An exception in the block discards what was deferred without sending it."""
     table = await _accounts(engine, make_table)
+    round_trips.clear()
     with pytest.raises(KeyError):
         async with DbSession(engine) as s:
             s.defer(f"UPDATE {table} SET balance = 0")
@@ -200,26 +252,32 @@ async def test_misuse_is_refused(
         s.defer(f"UPDATE {table} SET balance = 0")
 
 
-async def test_cancelled_flush_leaves_nothing_behind(
+async def test_cancelled_while_deferred_writes_wait_on_a_lock(
     engine: AsyncEngine, backend: Backend, make_table: TableFactory
 ) -> None:
-    """Cancelled while its deferred writes wait on a row lock at the commit: nothing is
-    committed, the connection is discarded, the waiting statement is killed on the
-    server, and the lock holder is not disturbed."""
+    """Cancelled while its deferred writes wait on a row lock as the block ends: nothing
+    is committed, the connection is discarded, the waiting statement is killed on the
+    server, and the lock holder is not disturbed. On MariaDB the writes travel with the
+    COMMIT, so that round trip is the commit: it is not interrupted but bounded by
+    cleanup_timeout, and then its outcome is unknown. On PostgreSQL they are flushed
+    before the COMMIT, as statements, which the cancellation interrupts."""
     table = await _accounts(engine, make_table)
     async with DbSession(engine) as holder:
         await holder.execute(f"UPDATE {table} SET balance = 50 WHERE id = 1")
         baseline = engine.pool.checkedout()  # type: ignore[attr-defined]
 
         async def victim() -> None:
-            async with DbSession(engine) as s:
+            async with DbSession(engine, cleanup_timeout=1.0) as s:
                 s.defer(f"UPDATE {table} SET balance = 0 WHERE id = 2")
                 s.defer(f"UPDATE {table} SET balance = 0 WHERE id = 1")
 
         task = asyncio.create_task(victim())
         await asyncio.sleep(0.3)
         task.cancel()
-        with pytest.raises(asyncio.CancelledError):
+        expected = (
+            CommitOutcomeUnknownError if backend.name == "mariadb" else asyncio.CancelledError
+        )
+        with pytest.raises(expected):
             await task
         assert engine.pool.checkedout() == baseline  # type: ignore[attr-defined]
         for _ in range(100):

@@ -95,10 +95,13 @@ class DirectExecutor(Protocol):
         or None if the connection cannot run several statements in one round trip."""
         ...
 
-    async def execute_rendered(self, statements: Sequence[str], counts: list[int]) -> None:
-        """Send rendered statements in one round trip; append each one's matched row
-        count to ``counts`` as its result arrives. The server stops at the first failing
-        statement, whose error is raised: ``len(counts)`` is then its index."""
+    async def execute_rendered(
+        self, statements: Sequence[str], counts: list[int], *, then_commit: bool = False
+    ) -> None:
+        """Send rendered statements in one round trip (followed by COMMIT if
+        ``then_commit``); append each statement's matched row count to ``counts`` as its
+        result arrives. The server stops at the first failing statement, whose error is
+        raised: ``len(counts)`` is then its index."""
         ...
 
     async def commit(self) -> None: ...

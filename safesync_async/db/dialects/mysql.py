@@ -179,12 +179,17 @@ class AsyncmyExecutor:
         rendered: str = self._cursor.mogrify(query, args)
         return rendered.rstrip().rstrip(";")
 
-    async def execute_rendered(self, statements: Sequence[str], counts: list[int]) -> None:
+    async def execute_rendered(
+        self, statements: Sequence[str], counts: list[int], *, then_commit: bool = False
+    ) -> None:
         cursor = self._cursor
-        await cursor.execute(_STATEMENT_SEPARATOR.join(statements))
+        script = [*statements, "COMMIT"] if then_commit else statements
+        await cursor.execute(_STATEMENT_SEPARATOR.join(script))
         counts.append(cursor.rowcount)
         while await cursor.nextset():
             counts.append(cursor.rowcount)
+        if then_commit:
+            counts.pop()  # the COMMIT's
 
     async def commit(self) -> None:
         await self._connection.commit()
