@@ -52,6 +52,7 @@ class Inbox:
             sa.Column("message_id", sa.String(64), nullable=False),
             sa.Column("processed_at", sa.DateTime(), nullable=False, index=True),
         )
+        self._insert_sql: dict[str, str] = {}
 
     def create_sql(self, engine: AsyncEngine) -> str:
         """The CREATE TABLE statement for the engine's database, for migrations."""
@@ -89,7 +90,21 @@ class Inbox:
         skipping = session.dialect.insert_skipping_duplicates(self.table, values)
         if skipping is not None:
             return (await session._execute(skipping)).rowcount == 1
-        return await insert_idempotent(session, sa.insert(self.table).values(**values))
+        return await insert_idempotent(session, self._insert_text(session.sa_dialect), values)
+
+    def _insert_text(self, dialect: sa.Dialect) -> str:
+        """The row's INSERT as SQL text with ``:name`` parameters (built once per dialect),
+        so that it runs on the driver directly, like the handler's own SQL text."""
+        sql = self._insert_sql.get(dialect.name)
+        if sql is None:
+            quote = dialect.identifier_preparer.quote
+            names = [column.name for column in self.table.columns]
+            sql = self._insert_sql[dialect.name] = (
+                f"INSERT INTO {dialect.identifier_preparer.format_table(self.table)} "
+                f"({', '.join(quote(name) for name in names)}) "
+                f"VALUES ({', '.join(':' + name for name in names)})"
+            )
+        return sql
 
     async def seen(self, engine: AsyncEngine, stream: str, group: str, message_key: str) -> bool:
         """Whether a message key has been processed (for diagnostics and tests)."""

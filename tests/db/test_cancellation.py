@@ -4,12 +4,9 @@ left running on the server, and an unknown commit outcome is reported as such.""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
-from urllib.parse import urlsplit
 
 import pytest
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from safesync_async import (
     AdvisoryLock,
@@ -21,7 +18,7 @@ from safesync_async import (
 
 from ..conftest import TableFactory
 from ..support.backends import Backend
-from ..support.proxy import Action, TcpProxy
+from ..support.proxy import Action, proxied_engine
 
 ACCOUNTS = "CREATE TABLE {table} (id INT PRIMARY KEY, balance INT NOT NULL)"
 
@@ -146,26 +143,13 @@ async def test_timeout_around_session_is_a_cancellation(
     assert (report.checked_out, report.open_transactions, report.lock_waits) == (0, 0, 0)
 
 
-@contextlib.asynccontextmanager
-async def _proxied_engine(backend: Backend) -> AsyncIterator[tuple[TcpProxy, AsyncEngine]]:
-    url = urlsplit(backend.url)
-    async with TcpProxy(url.hostname or "127.0.0.1", url.port or 3306) as proxy:
-        proxied = create_async_engine(
-            backend.url.replace(f":{url.port}/", f":{proxy.port}/"), pool_size=2, max_overflow=0
-        )
-        try:
-            yield proxy, proxied
-        finally:
-            await proxied.dispose()
-
-
 async def test_connection_lost_during_commit_is_outcome_unknown(
     engine: AsyncEngine, backend: Backend, make_table: TableFactory
 ) -> None:
     """COMMIT reaches the server but the reply is lost: CommitOutcomeUnknownError is raised
     (here the commit did happen), and the connection is not returned to the pool."""
     table = await _accounts(engine, make_table)
-    async with _proxied_engine(backend) as (proxy, proxied):
+    async with proxied_engine(backend.url) as (proxy, proxied):
         proxy.add_trigger(backend.commit_packet, Action.CUT_AFTER)
         with pytest.raises(CommitOutcomeUnknownError):
             async with DbSession(proxied) as s:
@@ -183,7 +167,7 @@ async def test_frozen_commit_is_bounded_and_killed(
     """A COMMIT that never answers ends after cleanup_timeout with CommitOutcomeUnknownError;
     the server session is killed, so its row locks do not linger."""
     table = await _accounts(engine, make_table)
-    async with _proxied_engine(backend) as (proxy, proxied):
+    async with proxied_engine(backend.url) as (proxy, proxied):
         proxy.add_trigger(backend.commit_packet, Action.FREEZE)
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -203,7 +187,7 @@ async def test_connection_reset_mid_transaction(
     """A connection dropped mid-transaction raises DatabaseDisconnectError, nothing of the
     transaction persists, and the next session on the same engine works."""
     table = await _accounts(engine, make_table)
-    async with _proxied_engine(backend) as (proxy, proxied):
+    async with proxied_engine(backend.url) as (proxy, proxied):
         with pytest.raises(DatabaseDisconnectError):
             async with DbSession(proxied) as s:
                 await s.execute(f"UPDATE {table} SET balance = 1 WHERE id = 1")

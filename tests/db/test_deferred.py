@@ -26,6 +26,7 @@ from safesync_async.db.dialects.mysql import AsyncmyExecutor
 
 from ..conftest import TableFactory
 from ..support.backends import Backend
+from ..support.proxy import Action, proxied_engine
 
 ACCOUNTS = "CREATE TABLE {table} (id INT PRIMARY KEY, balance INT NOT NULL)"
 
@@ -328,3 +329,48 @@ async def test_concurrent_deferred_transfers_conserve_money(
     assert balances == expected
     async with DbSession(engine) as s:
         assert await s.execute_scalar(f"SELECT COUNT(*) FROM {table_log}") == 600
+
+
+async def test_lost_reply_to_writes_sent_with_the_commit_is_outcome_unknown(
+    engine: AsyncEngine, backend: Backend, make_table: TableFactory
+) -> None:
+    """MariaDB: the deferred writes and the COMMIT reach the server together and the reply
+    is lost. The outcome is unknown (here everything committed), never reported as a
+    plain failure, and the connection is not reused."""
+    if backend.name != "mariadb":
+        pytest.skip("deferred writes travel with the COMMIT on MySQL/MariaDB only")
+    table = await _accounts(engine, make_table)
+    async with proxied_engine(backend.url) as (proxy, proxied):
+        proxy.add_trigger(b"\n;\nCOMMIT", Action.CUT_AFTER)
+        with pytest.raises(CommitOutcomeUnknownError):
+            async with DbSession(proxied) as s:
+                lost = await s.execute_scalar(backend.connection_id_sql)
+                s.defer(f"UPDATE {table} SET balance = 7 WHERE id = 1")
+                s.defer(f"UPDATE {table} SET balance = 8 WHERE id = 2")
+        async with DbSession(proxied) as s:
+            assert await s.execute_scalar(backend.connection_id_sql) != lost
+    assert await _balances(engine, table) == {1: 7, 2: 8, 3: 100}
+
+
+async def test_frozen_round_trip_with_the_commit_is_bounded(
+    engine: AsyncEngine, backend: Backend, make_table: TableFactory
+) -> None:
+    """MariaDB: the round trip carrying deferred writes and the COMMIT never answers. It
+    ends after cleanup_timeout with CommitOutcomeUnknownError (here nothing reached the
+    server, so nothing committed), and no lock is left behind."""
+    if backend.name != "mariadb":
+        pytest.skip("deferred writes travel with the COMMIT on MySQL/MariaDB only")
+    table = await _accounts(engine, make_table)
+    async with proxied_engine(backend.url) as (proxy, proxied):
+        proxy.add_trigger(b"\n;\nCOMMIT", Action.FREEZE)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(CommitOutcomeUnknownError):
+            async with DbSession(proxied, cleanup_timeout=0.5) as s:
+                await s.execute(f"UPDATE {table} SET balance = 9 WHERE id = 2")
+                s.defer(f"UPDATE {table} SET balance = 9 WHERE id = 3")
+        assert loop.time() - started < 5
+        proxy.thaw()
+    async with DbSession(engine, lock_timeout=2) as s:
+        assert await s.execute(f"UPDATE {table} SET balance = balance WHERE id IN (2, 3)") == 2
+    assert await _balances(engine, table) == {1: 100, 2: 100, 3: 100}

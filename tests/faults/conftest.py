@@ -158,18 +158,23 @@ async def create_effects(engine: AsyncEngine, name: str) -> str:
 
 
 def effect_handler(
-    table: str, before: Callable[[QueueMessage[Any], DbSession], Awaitable[None]] | None = None
+    table: str,
+    before: Callable[[QueueMessage[Any], DbSession], Awaitable[None]] | None = None,
+    *,
+    deferred: bool = False,
 ) -> Handler:
-    """A handler writing one effect row per message (``before`` runs first, e.g. a fault)."""
+    """A handler writing one effect row per message (``before`` runs first, e.g. a fault);
+    ``deferred``: the row is deferred, so it travels to MariaDB with the COMMIT."""
 
     async def handler(message: QueueMessage[Any], session: DbSession) -> None:
         if before is not None:
             await before(message, session)
-        payload = message.payload
-        await session.execute(
-            f"INSERT INTO `{table}` (message_id, message_key, n) VALUES (:id, :key, :n)",
-            {"id": message.id, "key": Inbox.message_key(message), "n": payload["n"]},
-        )
+        sql = f"INSERT INTO `{table}` (message_id, message_key, n) VALUES (:id, :key, :n)"
+        params = {"id": message.id, "key": Inbox.message_key(message), "n": message.payload["n"]}
+        if deferred:
+            session.defer(sql, params)
+        else:
+            await session.execute(sql, params)
 
     return handler
 

@@ -117,7 +117,7 @@ async def test_consumer_killed_at_random_busy_times(
             return not worker.running or await effect_rows(engine, effects) > before
 
         await until(busy, timeout=60)
-        await asyncio.sleep(rng.uniform(0.0, 0.25))
+        await asyncio.sleep(rng.uniform(0.0, 0.02))
         if worker.running:
             worker.signal(signal.SIGKILL)
             kills += 1

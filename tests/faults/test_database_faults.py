@@ -111,6 +111,7 @@ async def test_connection_killed_server_side_mid_handler(
     ("size", "every"),
     [pytest.param(300, 25, id="fast"), pytest.param(3_000, 20, id="long", marks=pytest.mark.slow)],
 )
+@pytest.mark.parametrize("deferred", [False, True], ids=["execute", "deferred"])
 async def test_commit_reply_lost(
     engine: AsyncEngine,
     redis: Redis,
@@ -120,10 +121,12 @@ async def test_commit_reply_lost(
     reliability: Recorder,
     size: int,
     every: int,
+    deferred: bool,
 ) -> None:
     """The COMMIT packet reaches the server but the connection is cut before the reply
-    (proxy CUT_AFTER on ``\\x03COMMIT``): the outcome is unknown, the message is not acked
-    and is redelivered, and the inbox applies every message exactly once."""
+    (proxy CUT_AFTER on the COMMIT, alone or after the deferred effect row it carries):
+    the outcome is unknown, the message is not acked and is redelivered, and the inbox
+    applies every message exactly once."""
     keys = await publish_plain(redis, stream, size)
     url = urlsplit(DATABASE_URL)
     async with TcpProxy(url.hostname or "127.0.0.1", url.port or 3306) as proxy:
@@ -131,10 +134,13 @@ async def test_commit_reply_lost(
             DATABASE_URL.replace(f":{url.port}/", f":{proxy.port}/"), pool_size=10
         )
 
+        write = effect_handler(effects, deferred=deferred)
+        commit = b"\n;\nCOMMIT" if deferred else b"\x03COMMIT"
+
         async def handler(message: QueueMessage[Any], session: DbSession) -> None:
-            await effect_handler(effects)(message, session)
+            await write(message, session)
             if message.payload["n"] % every == 0 and message.delivery_count == 1:
-                proxy.add_trigger(b"\x03COMMIT", Action.CUT_AFTER)  # cuts the next COMMIT
+                proxy.add_trigger(commit, Action.CUT_AFTER)  # cuts the next COMMIT
 
         consumer = QueueConsumer(redis, queue_config(stream), inbox=inbox, registry=None)
         try:
@@ -146,7 +152,8 @@ async def test_commit_reply_lost(
     stats = consumer.statistics()
     reliability.record(
         DELIVERY,
-        "COMMIT sent, reply lost (proxy cut), inbox",
+        "COMMIT sent, reply lost (proxy cut), inbox"
+        + (", effect deferred (sent with the COMMIT)" if deferred else ""),
         **counts.row(
             faults=cuts,
             outcome_unknown=stats.failed,

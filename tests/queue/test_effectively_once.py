@@ -109,12 +109,12 @@ async def test_consumers_killed_at_every_point(
         assert code in (0, -signal.SIGKILL), process.error_output  # type: ignore[attr-defined]
         kills += code == -signal.SIGKILL
     rng = random.Random(42)
-    for _ in range(4):  # random times: once the worker is busy, kill it within 0.2 s
+    for _ in range(4):  # random times: once the worker is busy, kill it within 20 ms
         before = (await _effects(engine, table))[0]
         process = _start(backend, *args)
         while process.poll() is None and (await _effects(engine, table))[0] == before:
             await asyncio.sleep(0.01)
-        await asyncio.sleep(rng.uniform(0.0, 0.2))
+        await asyncio.sleep(rng.uniform(0.0, 0.02))
         if process.poll() is None:
             process.kill()
             kills += 1

@@ -6,7 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 
 class Action(enum.Enum):
@@ -130,3 +134,17 @@ class TcpProxy:
                 trigger.fired.set()
                 return trigger.action
         return None
+
+
+@contextlib.asynccontextmanager
+async def proxied_engine(url: str) -> AsyncIterator[tuple[TcpProxy, AsyncEngine]]:
+    """A proxy in front of the server at ``url`` and a small engine connecting through it."""
+    parts = urlsplit(url)
+    async with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 3306) as proxy:
+        proxied = create_async_engine(
+            url.replace(f":{parts.port}/", f":{proxy.port}/"), pool_size=2, max_overflow=0
+        )
+        try:
+            yield proxy, proxied
+        finally:
+            await proxied.dispose()
