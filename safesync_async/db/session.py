@@ -295,9 +295,13 @@ class DbSession:
         Deferred statements run, in the order they were deferred, before the next
         statement of the session (through any method), before a savepoint begins or
         ends, at :meth:`flush`, and before the commit. On MySQL and MariaDB (asyncmy),
-        consecutive SQL texts share one round trip (a multi-statement query), so a
-        unit of work made of N independent writes costs one round trip instead of N;
-        elsewhere, and for SQLAlchemy constructs, they run one by one at that point.
+        consecutive SQL texts share one round trip (a multi-statement query), and
+        those still waiting at the end travel with the COMMIT, so a unit of work made
+        of N independent writes costs one round trip instead of N + 1; elsewhere, and
+        for SQLAlchemy constructs, they run one by one at those points. A round trip
+        that carries the COMMIT *is* the commit: cancellation does not interrupt it,
+        ``cleanup_timeout`` bounds it, and an answer that never comes raises
+        :class:`CommitOutcomeUnknownError`.
 
         A deferred statement that fails raises *there*: from the statement that
         flushed it, or from the ``async with`` exit instead of committing. The session
