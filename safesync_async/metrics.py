@@ -9,6 +9,7 @@ Recording never raises into user code: a failure is logged once and dropped.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import weakref
@@ -44,6 +45,7 @@ class Metrics:
         self._warned = False
         # Labelled children, looked up once: labels() takes a lock and builds a key.
         self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
+        self._readers: dict[tuple[str, tuple[str, ...]], list[Callable[[], float]]] = {}
         if registry is None:
             return
         r = registry
@@ -178,14 +180,24 @@ class Metrics:
         except Exception as exc:
             self.failed(exc)
 
-    def track(self, gauge_name: str, read: Callable[[], float], *labels: str) -> None:
-        """Make a gauge report ``read()`` whenever it is collected (nothing per update)."""
+    def track(self, gauge_name: str, read: Callable[[], float], *labels: str) -> Callable[[], None]:
+        """Add ``read()`` to what a gauge reports when it is collected (the sum over the
+        readers tracked under the same labels; nothing is recorded per update). Returns
+        the function that removes the reader again."""
         if not self.enabled:
-            return
+            return _ignore
+        readers = self._readers.setdefault((gauge_name, labels), [])
+        readers.append(read)
         try:
-            self._child(gauge_name, labels).set_function(read)
+            self._child(gauge_name, labels).set_function(lambda: sum(r() for r in list(readers)))
         except Exception as exc:
             self.failed(exc)
+
+        def untrack() -> None:
+            with contextlib.suppress(ValueError):
+                readers.remove(read)
+
+        return untrack
 
     def set(self, gauge_name: str, value: float, *labels: str) -> None:
         if not self.enabled:
@@ -194,6 +206,10 @@ class Metrics:
             self._child(gauge_name, labels).set(value)
         except Exception as exc:
             self.failed(exc)
+
+
+def _ignore() -> None:
+    pass
 
 
 _DISABLED = Metrics(None)

@@ -99,3 +99,17 @@ async def test_consumer_in_flight_gauge_follows_the_consumer(redis: Redis, strea
         tasks.create_task(consumer.run_until_drained(handler))
     assert seen and seen[0] is not None and seen[0] >= 3
     assert registry.get_sample_value("safesync_queue_in_flight_messages", labels) == 0
+
+
+def test_tracked_gauge_sums_its_readers_until_they_are_removed() -> None:
+    """Two consumers of the same stream and group in one process: the in-flight gauge is
+    the sum of both, and a stopped one no longer counts."""
+    registry = CollectorRegistry()
+    metrics = metrics_for(registry)
+    labels = {"stream": "s", "group": "g"}
+    first = metrics.track("in_flight", lambda: 2, "s", "g")
+    metrics.track("in_flight", lambda: 3, "s", "g")
+    assert registry.get_sample_value("safesync_queue_in_flight_messages", labels) == 5
+    first()
+    first()  # removing twice is harmless
+    assert registry.get_sample_value("safesync_queue_in_flight_messages", labels) == 3

@@ -312,7 +312,6 @@ class QueueConsumer:
         self._loop = asyncio.get_running_loop()
         stop_requested = self._stop_requested = asyncio.Event()
         self._slots_freed = asyncio.Event()
-        self._recorder.track_in_flight(self._outstanding.__len__)
         if self._stopping:
             stop_requested.set()
         concurrency = self._effective_concurrency(engine)
@@ -325,6 +324,7 @@ class QueueConsumer:
             on_connection_error=self._recorder.record_connection_error,
         )
         draining = False
+        untrack_in_flight = self._recorder.track_in_flight(self._outstanding.__len__)
         try:
             if not await self._prepare(stop_requested):
                 return
@@ -363,6 +363,7 @@ class QueueConsumer:
             self._stopping = False
             self._processor.acks = None
             self._outstanding.clear()
+            untrack_in_flight()
         failure, self._failure = self._failure, None
         if failure is not None:
             raise failure

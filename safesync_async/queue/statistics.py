@@ -107,9 +107,10 @@ class ConsumerRecorder:
         self.groups_recreated += 1
         self._metrics.inc("groups_recreated", *self._labels)
 
-    def track_in_flight(self, count: Callable[[], int]) -> None:
-        """Report ``count()`` as the in-flight gauge whenever metrics are collected."""
-        self._metrics.track("in_flight", count, *self._labels)
+    def track_in_flight(self, count: Callable[[], int]) -> Callable[[], None]:
+        """Count ``count()`` in the in-flight gauge whenever metrics are collected; returns
+        the function that stops counting it."""
+        return self._metrics.track("in_flight", count, *self._labels)
 
     def record_handler_time(self, seconds: float) -> None:
         self._metrics.observe("handler_seconds", seconds, *self._labels)
