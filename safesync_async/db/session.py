@@ -104,6 +104,12 @@ def _round_trips(pending: list[_Deferred]) -> Iterator[list[str] | _Deferred]:
         yield script
 
 
+def _name_failed_deferred(error: DatabaseError, pending: Sequence[_Deferred], done: int) -> None:
+    """Note on ``error`` which deferred statement failed (after ``done`` had succeeded)."""
+    failed = pending[min(done, len(pending) - 1)]
+    error.add_note(f"raised by deferred statement {done + 1} of {len(pending)}: {failed.sql}")
+
+
 def _executable(statement: Statement) -> Executable:
     if isinstance(statement, str):
         return _text(statement)
@@ -245,18 +251,17 @@ class DbSession:
     ) -> None:
         if self._state is not _State.ACTIVE:
             return
-        if (
-            exc is None
-            and self._deferred
-            and not self.is_rollback_only
-            and self._commit_script() is None
-        ):
-            try:
-                await self.flush()  # like the body's own statements: interruptible
-            except BaseException:
-                await run_to_completion(self._finish(body_failed=True))
-                raise
-        await run_to_completion(self._finish(body_failed=exc is not None))
+        carried: Sequence[_Deferred] = ()
+        if exc is None and self._deferred and not self.is_rollback_only:
+            if self._can_carry_with_commit():
+                carried = self._deferred
+            else:
+                try:
+                    await self.flush()  # like the body's own statements: interruptible
+                except BaseException:
+                    await run_to_completion(self._finish(body_failed=True))
+                    raise
+        await run_to_completion(self._finish(body_failed=exc is not None, carried=carried))
 
     # -- statements --------------------------------------------------------------
 
@@ -337,10 +342,7 @@ class DbSession:
                 else:
                     await self._run_rendered(group, counts)
         except DatabaseError as error:
-            failed = pending[min(len(counts), len(pending) - 1)]
-            error.add_note(
-                f"raised by deferred statement {len(counts) + 1} of {len(pending)}: {failed.sql}"
-            )
+            _name_failed_deferred(error, pending, len(counts))
             raise
         return counts
 
@@ -546,17 +548,15 @@ class DbSession:
 
     # -- cleanup -----------------------------------------------------------------
 
-    async def _finish(self, *, body_failed: bool) -> None:
+    async def _finish(self, *, body_failed: bool, carried: Sequence[_Deferred] = ()) -> None:
         """End the transaction, reset the connection, return it to the pool.
 
         Runs in its own task (see run_to_completion) so cancellation cannot cut it
-        short. Raises only for outcomes the caller must see: a refused or failed
-        commit.
+        short. ``carried``: deferred statements sent in the COMMIT's round trip. Raises
+        only for outcomes the caller must see: a refused or failed commit.
         """
         self._state = _State.CLOSING
-        # Deferred statements still waiting travel with the COMMIT, or are dropped.
-        carried = self._commit_script() or []
-        self._deferred = []
+        self._deferred = []  # sent with the COMMIT (``carried``), or dropped
         outcome = "rolled_back"
         try:
             if self._fairy is None:
@@ -616,21 +616,15 @@ class DbSession:
         elif self._direct is not None and self._direct_used:
             await (self._direct.commit() if commit else self._direct.rollback())
 
-    def _commit_script(self) -> list[str] | None:
-        """The deferred statements as text that can share the COMMIT's round trip (only
-        on the driver path, with SQLAlchemy not holding the transaction), else None."""
+    def _can_carry_with_commit(self) -> bool:
+        """Whether the deferred statements can share the COMMIT's round trip: all SQL text
+        on the driver path, within one round trip, SQLAlchemy not holding the transaction."""
         if self._direct is None or self._sa_conn is not None:
-            return None
-        script = []
-        size = 0
-        for item in self._deferred:
-            if item.rendered is None:
-                return None
-            script.append(item.rendered)
-            size += len(item.rendered)
-        return script if size <= _ROUND_TRIP_BYTES else None
+            return False
+        trips = list(_round_trips(self._deferred))
+        return len(trips) == 1 and isinstance(trips[0], list)
 
-    async def _commit(self, carried: list[str]) -> None:
+    async def _commit(self, carried: Sequence[_Deferred]) -> None:
         """COMMIT, preceded in the same round trip by the ``carried`` deferred statements:
         that round trip is then the commit, bounded and not interruptible like it."""
         counts: list[int] = []
@@ -639,7 +633,8 @@ class DbSession:
                 if carried:
                     assert self._direct is not None
                     self._direct_used = True
-                    await self._direct.execute_rendered(carried, counts, then_commit=True)
+                    script = [item.rendered for item in carried if item.rendered is not None]
+                    await self._direct.execute_rendered(script, counts, then_commit=True)
                 else:
                     await self._end_transaction(commit=True)
         except TimeoutError as exc:
@@ -663,10 +658,7 @@ class DbSession:
             await self._rollback()
             error = self._dialect.build_error(info)
             if len(counts) < len(carried):
-                error.add_note(
-                    f"raised by deferred statement {len(counts) + 1} of {len(carried)}, "
-                    "sent with the COMMIT; nothing was committed"
-                )
+                _name_failed_deferred(error, carried, len(counts))
             raise error from exc
 
     async def _rollback(self) -> None:

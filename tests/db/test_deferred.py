@@ -25,9 +25,11 @@ from safesync_async.db import session as session_module
 from safesync_async.db.dialects.mysql import AsyncmyExecutor
 
 from ..conftest import TableFactory
-from ..support.backends import Backend
+from ..support.backends import MARIADB, Backend
 from ..support.proxy import Action, proxied_engine
 
+# Deferred writes travel with the COMMIT on MySQL/MariaDB only.
+ONLY_MARIADB = pytest.mark.parametrize("backend", [MARIADB], ids=["mariadb"])
 ACCOUNTS = "CREATE TABLE {table} (id INT PRIMARY KEY, balance INT NOT NULL)"
 
 
@@ -331,14 +333,13 @@ async def test_concurrent_deferred_transfers_conserve_money(
         assert await s.execute_scalar(f"SELECT COUNT(*) FROM {table_log}") == 600
 
 
+@ONLY_MARIADB
 async def test_lost_reply_to_writes_sent_with_the_commit_is_outcome_unknown(
     engine: AsyncEngine, backend: Backend, make_table: TableFactory
 ) -> None:
     """MariaDB: the deferred writes and the COMMIT reach the server together and the reply
     is lost. The outcome is unknown (here everything committed), never reported as a
     plain failure, and the connection is not reused."""
-    if backend.name != "mariadb":
-        pytest.skip("deferred writes travel with the COMMIT on MySQL/MariaDB only")
     table = await _accounts(engine, make_table)
     async with proxied_engine(backend.url) as (proxy, proxied):
         proxy.add_trigger(b"\n;\nCOMMIT", Action.CUT_AFTER)
@@ -352,14 +353,13 @@ async def test_lost_reply_to_writes_sent_with_the_commit_is_outcome_unknown(
     assert await _balances(engine, table) == {1: 7, 2: 8, 3: 100}
 
 
+@ONLY_MARIADB
 async def test_frozen_round_trip_with_the_commit_is_bounded(
     engine: AsyncEngine, backend: Backend, make_table: TableFactory
 ) -> None:
     """MariaDB: the round trip carrying deferred writes and the COMMIT never answers. It
     ends after cleanup_timeout with CommitOutcomeUnknownError (here nothing reached the
     server, so nothing committed), and no lock is left behind."""
-    if backend.name != "mariadb":
-        pytest.skip("deferred writes travel with the COMMIT on MySQL/MariaDB only")
     table = await _accounts(engine, make_table)
     async with proxied_engine(backend.url) as (proxy, proxied):
         proxy.add_trigger(b"\n;\nCOMMIT", Action.FREEZE)
