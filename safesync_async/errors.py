@@ -16,7 +16,8 @@ chained (``raise ... from exc``), so the original is always on ``__cause__``::
     │   ├── LockNotAvailableError                 NOWAIT found the row locked
     │   ├── DuplicateKeyError                     unique constraint violated (1062, 23505)
     │   ├── StatementTimeoutError (TimeoutError)  server statement time limit reached
-    │   ├── DatabaseDisconnectError               the connection was lost
+    │   ├── DatabaseUnavailableError              an outage: the server cannot serve now
+    │   │   └── DatabaseDisconnectError           the connection was lost or never made
     │   ├── RollbackOnlyError                     commit refused after an earlier error
     │   └── CommitOutcomeUnknownError             COMMIT sent, result never received
     ├── MultipleRowsError                         fetch_one / RowLock matched more than one row
@@ -46,6 +47,7 @@ __all__ = [
     "ConsumerGroupMissingError",
     "DatabaseDisconnectError",
     "DatabaseError",
+    "DatabaseUnavailableError",
     "DeadlockError",
     "DuplicateKeyError",
     "InvalidIdentifierError",
@@ -151,8 +153,18 @@ class StatementTimeoutError(DatabaseError, TimeoutError):
     """The server stopped a statement that ran past its time limit."""
 
 
-class DatabaseDisconnectError(DatabaseError):
-    """The connection to the database was lost; it has been discarded."""
+class DatabaseUnavailableError(DatabaseError):
+    """The database cannot serve requests right now: an outage, not a fault of the
+    statement or of the data. Read-only mode (a failover in progress, MySQL 1290 and
+    1836, PostgreSQL 25006), too many connections (1040, 53300), a server shutting down
+    (1053, 57P01-57P03) and lost connections all land here; see docs/errors.md for the
+    full table. A queue consumer keeps the message pending without spending a delivery
+    and backs off."""
+
+
+class DatabaseDisconnectError(DatabaseUnavailableError):
+    """The connection to the database was lost (or could not be made); it has been
+    discarded."""
 
 
 class RollbackOnlyError(DatabaseError):

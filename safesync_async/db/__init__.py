@@ -8,13 +8,14 @@ from .lease import ConnectionLease
 from .locking import AdvisoryLock, RowLock, lock_name
 from .occ import occ_update
 from .retry import retry_transaction
-from .session import DbSession
+from .session import DbSession, TransactionOutcome
 
 __all__ = [
     "AdvisoryLock",
     "ConnectionLease",
     "DbSession",
     "RowLock",
+    "TransactionOutcome",
     "create_engine",
     "insert_idempotent",
     "lock_name",

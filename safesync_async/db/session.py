@@ -36,7 +36,7 @@ from .dialects import ClassifiedError, Dialect, DirectExecutor, ErrorKind, diale
 from .lease import ConnectionLease
 from .rows import Rows
 
-__all__ = ["DbSession", "Params", "Statement"]
+__all__ = ["DbSession", "Params", "Statement", "TransactionOutcome"]
 
 _log = logging.getLogger("safesync_async.db.session")
 
@@ -52,6 +52,16 @@ DEFAULT_CLEANUP_TIMEOUT = 30.0
 MAX_DEFERRED = 10_000
 # Most SQL text sent in one round trip when deferred statements are flushed.
 _ROUND_TRIP_BYTES = 512 * 1024
+
+
+class TransactionOutcome(enum.Enum):
+    """How a :class:`DbSession`'s transaction ended, known even when the task was
+    cancelled meanwhile (``session.outcome``)."""
+
+    OPEN = "open"  #: not ended yet
+    COMMITTED = "committed"  #: the COMMIT was confirmed by the server
+    ROLLED_BACK = "rolled_back"  #: rolled back, or never committed (nothing persisted)
+    UNKNOWN = "unknown"  #: COMMIT sent, no answer: it may or may not have persisted
 
 
 class _State(enum.Enum):
@@ -210,6 +220,7 @@ class DbSession:
         self._holds_named_locks = False
         self._server_unreachable = False
         self._started = 0.0
+        self._outcome = TransactionOutcome.OPEN
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -367,6 +378,12 @@ class DbSession:
         reached even from a new connection: the failure was the database's, not the
         caller's (a queue consumer then keeps the message without spending a delivery)."""
         return self._server_unreachable
+
+    @property
+    def outcome(self) -> TransactionOutcome:
+        """How the transaction ended: readable after the ``async with`` block, also when
+        the task was cancelled during the COMMIT (which is completed, not abandoned)."""
+        return self._outcome
 
     @property
     def is_rollback_only(self) -> bool:
@@ -581,6 +598,7 @@ class DbSession:
             outcome = "commit_unknown"
             raise
         finally:
+            self._outcome = _OUTCOMES.get(outcome, TransactionOutcome.ROLLED_BACK)
             try:
                 if self._fairy is not None:
                     await self._reset_connection()
@@ -732,6 +750,12 @@ class DbSession:
         except TimeoutError:
             self._server_unreachable = True
             _log.warning("the server did not answer a KILL of session %s", session_id)
+
+
+_OUTCOMES = {
+    "committed": TransactionOutcome.COMMITTED,
+    "commit_unknown": TransactionOutcome.UNKNOWN,
+}
 
 
 def driver_state(
