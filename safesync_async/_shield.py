@@ -14,20 +14,27 @@ async def run_to_completion(coro: Coroutine[Any, Any, _T]) -> _T:
 
     A cancellation that arrives meanwhile is re-raised once ``coro`` is done, so the
     caller never returns (or unwinds) while its cleanup is still running in the
-    background. If ``coro`` itself fails, that error wins: it carries information
-    (for example "commit outcome unknown") the caller must not lose.
+    background, and never keeps running after it was asked to stop. If ``coro`` failed
+    too, its error becomes the cancellation's ``__cause__`` (callers that must keep
+    what it says, e.g. "commit outcome unknown", also record it elsewhere, such as
+    ``DbSession.outcome``). The cancellation wins because a task asked to stop must stop:
+    raising the cleanup's error instead would let ``retry_transaction`` start another
+    attempt, or an ``asyncio.timeout`` block leave its deadline unreported.
     """
     task = asyncio.create_task(coro)
     cancelled: asyncio.CancelledError | None = None
-    while True:
+    while not task.done():
         try:
-            result = await asyncio.shield(task)
+            await asyncio.shield(task)
         except asyncio.CancelledError as exc:
             if task.done():
-                raise
+                break
             cancelled = exc
-        else:
-            break
-    if cancelled is not None:
-        raise cancelled
-    return result
+        except BaseException:
+            break  # the task failed: handled below
+    if cancelled is None:
+        return task.result()
+    error = None if task.cancelled() else task.exception()
+    if error is not None:
+        raise cancelled from error
+    raise cancelled

@@ -1,7 +1,7 @@
 CREATE TABLE safesync_inbox (
-    stream VARCHAR(190) NOT NULL,
-    consumer_group VARCHAR(190) NOT NULL,
-    message_key VARCHAR(190) NOT NULL,
+    stream VARBINARY(255) NOT NULL,
+    consumer_group VARBINARY(255) NOT NULL,
+    message_key VARBINARY(255) NOT NULL,
     message_id VARCHAR(64) NOT NULL,
     processed_at DATETIME NOT NULL,
     PRIMARY KEY (stream, consumer_group, message_key)

@@ -1,7 +1,7 @@
 CREATE TABLE safesync_inbox (
-    stream VARCHAR(190) NOT NULL,
-    consumer_group VARCHAR(190) NOT NULL,
-    message_key VARCHAR(190) NOT NULL,
+    stream BYTEA NOT NULL,
+    consumer_group BYTEA NOT NULL,
+    message_key BYTEA NOT NULL,
     message_id VARCHAR(64) NOT NULL,
     processed_at TIMESTAMP WITHOUT TIME ZONE NOT NULL,
     PRIMARY KEY (stream, consumer_group, message_key)

@@ -7,12 +7,14 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection, PoolResetState
 
-from .dialects import dialect_for, dialect_for_url
-from .session import driver_state
+from ..errors import ConfigurationError
+from ._drivers import driver_state
+from .dialects import dialect_for_url
 
 __all__ = ["create_engine"]
 
@@ -39,21 +41,25 @@ def create_engine(
       pinged before use and replaced if dead; ``None`` disables it.
     * A bounded connect time (``connect_timeout`` seconds).
 
-    Other keyword arguments go to ``create_async_engine`` unchanged.
+    Other keyword arguments go to ``create_async_engine`` unchanged. A URL whose driver
+    is missing or not an asyncio driver raises :class:`ConfigurationError` saying which
+    URL form or extra to use.
     """
     connect_args = dict(kwargs.pop("connect_args", {}))
     timeout_arg = dialect_for_url(url).connect_timeout_argument
     if timeout_arg is not None:
         connect_args.setdefault(timeout_arg, connect_timeout)
-    engine = create_async_engine(
-        url,
-        pool_size=pool_size,
-        max_overflow=max_overflow,
-        pool_reset_on_return=None,
-        connect_args=connect_args,
-        **kwargs,
-    )
-    dialect = dialect_for(engine.dialect)
+    try:
+        engine = create_async_engine(
+            url,
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+            pool_reset_on_return=None,
+            connect_args=connect_args,
+            **kwargs,
+        )
+    except (ImportError, sa_exc.InvalidRequestError, sa_exc.NoSuchModuleError) as exc:
+        raise ConfigurationError(_driver_advice(url, exc)) from exc
     pool = engine.sync_engine.pool
 
     @event.listens_for(pool, "reset")
@@ -62,8 +68,8 @@ def create_engine(
     ) -> None:
         if not state.asyncio_safe or state.terminate_only:
             return
-        _, direct = driver_state(dialect, record)
-        if direct is None or direct.in_transaction() is not False:
+        executor = driver_state(record).executor
+        if executor is None or executor.in_transaction() is not False:
             dbapi_connection.rollback()
 
     @event.listens_for(pool, "checkin")
@@ -93,3 +99,29 @@ def create_engine(
                 raise sa_exc.DisconnectionError(message) from cause
 
     return engine
+
+
+# The asyncio driver for each backend, and what installs it.
+_ASYNC_DRIVERS = {
+    "mysql": ("asyncmy", "asyncmy is installed with safesync-async"),
+    "mariadb": ("asyncmy", "asyncmy is installed with safesync-async"),
+    "postgresql": (
+        "asyncpg",
+        "asyncpg comes with the postgres extra: pip install 'safesync-async[postgres]'",
+    ),
+}
+
+
+def _driver_advice(url: str, exc: Exception) -> str:
+    """What to do when SQLAlchemy could not load an asyncio driver for ``url``."""
+    parsed = make_url(url)
+    backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
+    shown = parsed.render_as_string(hide_password=True)
+    wanted, install = _ASYNC_DRIVERS[backend]
+    suggested = parsed.set(drivername=f"{backend}+{wanted}").render_as_string(hide_password=True)
+    if driver == wanted:
+        return f"the {wanted} driver for {shown} is not installed ({exc}): {install}"
+    return (
+        f"{shown} selects the {driver!r} driver, which is missing or not an asyncio driver "
+        f"({exc}); use {suggested} ({install})"
+    )

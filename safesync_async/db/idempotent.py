@@ -23,15 +23,16 @@ async def insert_idempotent(
     collision on any other unique key then raises :class:`DuplicateKeyError`.
     On PostgreSQL the INSERT runs in a savepoint, since an error aborts the transaction.
     """
+    core = session.core
     try:
-        if session.dialect.keeps_transaction_usable(ErrorKind.DUPLICATE_KEY):
-            await session._execute(sql, params, tolerate=ErrorKind.DUPLICATE_KEY)
+        if core.dialect.keeps_transaction_usable(ErrorKind.DUPLICATE_KEY):
+            await core.run(sql, params, tolerate=ErrorKind.DUPLICATE_KEY)
         else:
-            async with session.savepoint():
-                await session._execute(sql, params)
+            async with core.savepoint():
+                await core.run(sql, params)
     except DuplicateKeyError as exc:
         if key is not None and exc.constraint is not None and exc.constraint != key:
-            session._fail(exc)
+            core.fail(exc)
             raise
         return False
     return True

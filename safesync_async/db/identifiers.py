@@ -8,9 +8,11 @@ Values are never interpolated: they are bound parameters.
 
 from __future__ import annotations
 
+import functools
 import re
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Dialect as SADialect
 from sqlalchemy.sql.elements import quoted_name
 
 from ..errors import InvalidIdentifierError
@@ -53,3 +55,20 @@ def table_clause(table: str | sa.Table, columns: list[str]) -> sa.TableClause:
         *(sa.column(quoted_name(c, quote=True)) for c in columns),
         schema=quoted_name(schema, quote=True) if schema else None,
     )
+
+
+@functools.lru_cache(maxsize=1024)
+def quoted_table(table: str, dialect: SADialect) -> str:
+    """A validated table name (``"table"`` or ``"schema.table"``), quoted for ``dialect``."""
+    parts = table.split(".") if isinstance(table, str) else [table]
+    if len(parts) > 2:
+        raise InvalidIdentifierError(f"invalid table name {table!r}: use 'table' or 'schema.table'")
+    what = ["schema", "table"] if len(parts) == 2 else ["table"]
+    quote = dialect.identifier_preparer.quote_identifier
+    return ".".join(quote(validate_identifier(p, w)) for p, w in zip(parts, what, strict=True))
+
+
+@functools.lru_cache(maxsize=4096)
+def quoted_column(column: str, dialect: SADialect) -> str:
+    """A validated column name, quoted for ``dialect``."""
+    return dialect.identifier_preparer.quote_identifier(validate_identifier(column, "column"))

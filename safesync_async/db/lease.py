@@ -9,6 +9,7 @@ from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.util import greenlet_spawn
 
 from .._shield import run_to_completion
+from ._connection import give_back
 
 __all__ = ["ConnectionLease"]
 
@@ -56,10 +57,7 @@ class ConnectionLease:
     ) -> None:
         if self._fairy is fairy:
             self._fairy = None
-        if wrapper is not None:
-            await wrapper.close()
-        else:
-            await greenlet_spawn(fairy.close)
+        await give_back(fairy, wrapper)
 
     async def __aenter__(self) -> ConnectionLease:
         return self

@@ -40,5 +40,11 @@ def _key_bytes(key: LockKey) -> bytes:
     if isinstance(key, bytes):
         return key
     if isinstance(key, int):
-        return str(key).encode("ascii")
+        try:
+            return str(key).encode("ascii")
+        except ValueError:  # more digits than int -> str allows (sys.set_int_max_str_digits)
+            raise ConfigurationError(
+                f"integer lock key with {key.bit_length()} bits is too large; use a str or "
+                "bytes key (for example a hash of it)"
+            ) from None
     return key.encode("utf-8", "surrogatepass")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -12,8 +11,8 @@ from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from .._validation import check_int, check_seconds
 from ..errors import (
-    ConfigurationError,
     DeadlockError,
     LockWaitTimeoutError,
     RetryableTransactionError,
@@ -59,15 +58,13 @@ async def retry_transaction(
     error. Every other exception, including :class:`CommitOutcomeUnknownError`,
     propagates at once. Returns what ``work`` returns.
     """
-    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
-        raise ConfigurationError(f"max_attempts must be an int >= 1, got {max_attempts!r}")
+    check_int("max_attempts", max_attempts, minimum=1)
     for name, value in (
         ("max_elapsed", max_elapsed),
         ("base_delay", base_delay),
         ("max_delay", max_delay),
     ):
-        if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-            raise ConfigurationError(f"{name} must be a finite number >= 0, got {value!r}")
+        check_seconds(name, value, allow_zero=True)
     metrics = metrics_for(registry)
     deadline = time.monotonic() + max_elapsed
     attempt = 0

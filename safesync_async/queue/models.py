@@ -48,6 +48,8 @@ class QueueMessage(Generic[P]):
 
     @property
     def idempotency_key(self) -> str | None:
-        """The producer-supplied idempotency key, if the entry carries one."""
+        """The producer-supplied idempotency key, if the entry carries a non-empty one.
+        Bytes that are not UTF-8 are kept as lone surrogates (``surrogateescape``), so
+        distinct keys stay distinct; the inbox compares the raw bytes."""
         raw = self.fields.get(IDEMPOTENCY_KEY_FIELD)
-        return raw.decode("utf-8", "replace") if raw is not None else None
+        return raw.decode("utf-8", "surrogateescape") if raw else None

@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .. import tracing
 from .._failpoints import failpoint
+from ..db import tables
 from ..db.identifiers import validate_identifier
 from ..db.session import DbSession
 from ..errors import ConfigurationError, DatabaseError, QueueError
@@ -88,16 +89,11 @@ class Outbox:
 
     def create_sql(self, engine: AsyncEngine) -> str:
         """The CREATE TABLE (and index) statements for the engine's database."""
-        parts = [str(sa.schema.CreateTable(self.table).compile(dialect=engine.dialect)).strip()]
-        parts += [
-            str(sa.schema.CreateIndex(index).compile(dialect=engine.dialect)).strip()
-            for index in self.table.indexes
-        ]
-        return ";\n".join(parts) + ";"
+        return tables.create_sql(self.table, engine)
 
     async def create_table(self, engine: AsyncEngine) -> None:
-        async with engine.begin() as conn:
-            await conn.run_sync(self.table.metadata.create_all, checkfirst=True)
+        """Create the table (and its index) if it does not exist."""
+        await tables.create_table(self.table, engine)
 
     def idempotency_key(self, outbox_id: int) -> str:
         return f"outbox:{self.name}:{outbox_id}"
@@ -120,7 +116,7 @@ class Outbox:
         for name, value in (headers or {}).items():
             fields[name.encode()] = value.encode()
         tracing.inject_context(fields)  # the consumer's span links to this transaction's
-        result = await session._execute(
+        result = await session.core.run(
             sa.insert(self.table).values(
                 stream=stream, fields=_pack(fields), created_at=_now(), sent_at=None
             )

@@ -60,7 +60,12 @@ class QueueProducer:
         """The entry fields for ``payload``: codec output, idempotency key, extra headers."""
         fields = self._codec.encode(payload)
         if idempotency_key is not None:
-            fields[IDEMPOTENCY_KEY_FIELD] = idempotency_key.encode("utf-8")
+            if not idempotency_key:
+                raise ConfigurationError(
+                    "idempotency_key must not be empty (an empty key would deduplicate "
+                    "nothing: consumers fall back to the entry id); pass None for no key"
+                )
+            fields[IDEMPOTENCY_KEY_FIELD] = idempotency_key.encode("utf-8", "surrogateescape")
         for name, value in (headers or {}).items():
             key = name.encode("utf-8")
             if key in fields:

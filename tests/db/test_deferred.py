@@ -19,10 +19,11 @@ from safesync_async import (
     DuplicateKeyError,
     RollbackOnlyError,
     SessionStateError,
+    TransactionOutcome,
     retry_transaction,
 )
-from safesync_async.db import session as session_module
-from safesync_async.db.dialects.mysql import AsyncmyExecutor
+from safesync_async.db import _deferred as deferred_module
+from safesync_async.db._drivers import AsyncmyExecutor
 
 from ..conftest import TableFactory
 from ..support.backends import MARIADB, Backend
@@ -103,7 +104,7 @@ async def test_round_trips_are_bounded_and_keep_the_order(
     runs on its own between the groups, in its place in the order (and, SQLAlchemy then
     holding the transaction, the COMMIT goes through SQLAlchemy, on its own)."""
     table = await _accounts(engine, make_table)
-    monkeypatch.setattr(session_module, "_ROUND_TRIP_BYTES", 100)
+    monkeypatch.setattr(deferred_module, "_ROUND_TRIP_BYTES", 100)
     round_trips.clear()
     update = f"UPDATE {table} SET balance = balance * 2 + :d WHERE id = 1"
     async with DbSession(engine) as s:
@@ -235,7 +236,7 @@ async def test_misuse_is_refused(
     """Raw connection access with writes pending, too many deferred statements, something
     that is not a statement, and (on the driver path) a missing parameter."""
     table = await _accounts(engine, make_table)
-    monkeypatch.setattr(session_module, "MAX_DEFERRED", 3)
+    monkeypatch.setattr(deferred_module, "MAX_DEFERRED", 3)
     async with DbSession(engine) as s:
         with pytest.raises(TypeError):
             s.defer(42)  # type: ignore[arg-type]
@@ -262,26 +263,30 @@ async def test_cancelled_while_deferred_writes_wait_on_a_lock(
     is committed, the connection is discarded, the waiting statement is killed on the
     server, and the lock holder is not disturbed. On MariaDB the writes travel with the
     COMMIT, so that round trip is the commit: it is not interrupted but bounded by
-    cleanup_timeout, and then its outcome is unknown. On PostgreSQL they are flushed
-    before the COMMIT, as statements, which the cancellation interrupts."""
+    cleanup_timeout, and then its outcome is unknown (the cancellation, which still
+    propagates, names it as its cause and in session.outcome). On PostgreSQL they are
+    flushed before the COMMIT, as statements, which the cancellation interrupts."""
     table = await _accounts(engine, make_table)
     async with DbSession(engine) as holder:
         await holder.execute(f"UPDATE {table} SET balance = 50 WHERE id = 1")
         baseline = engine.pool.checkedout()  # type: ignore[attr-defined]
+        victim_session = DbSession(engine, cleanup_timeout=1.0)
 
         async def victim() -> None:
-            async with DbSession(engine, cleanup_timeout=1.0) as s:
+            async with victim_session as s:
                 s.defer(f"UPDATE {table} SET balance = 0 WHERE id = 2")
                 s.defer(f"UPDATE {table} SET balance = 0 WHERE id = 1")
 
         task = asyncio.create_task(victim())
         await asyncio.sleep(0.3)
         task.cancel()
-        expected = (
-            CommitOutcomeUnknownError if backend.name == "mariadb" else asyncio.CancelledError
-        )
-        with pytest.raises(expected):
+        with pytest.raises(asyncio.CancelledError) as raised:
             await task
+        if backend.name == "mariadb":
+            assert isinstance(raised.value.__cause__, CommitOutcomeUnknownError)
+            assert victim_session.outcome is TransactionOutcome.UNKNOWN
+        else:
+            assert victim_session.outcome is TransactionOutcome.ROLLED_BACK
         assert engine.pool.checkedout() == baseline  # type: ignore[attr-defined]
         for _ in range(100):
             if (await backend.pool_report(engine)).lock_waits == 0:

@@ -36,7 +36,7 @@ from safesync_async import (
 from ..conftest import TableFactory
 from ..queue.helpers import wait_until
 from ..support.backends import MARIADB, Backend
-from ..support.checker import EFFECTS, DeliveryCounts, count_delivery
+from ..support.checker import EFFECTS, DeliveryCounts, count_delivery, effect_key
 from ..support.reliability import ENV_VAR, Recorder, ReliabilityReport, server_versions
 from ..support.servers import PrivateMariaDB, PrivateRedis
 
@@ -170,7 +170,7 @@ def effect_handler(
         if before is not None:
             await before(message, session)
         sql = f"INSERT INTO `{table}` (message_id, message_key, n) VALUES (:id, :key, :n)"
-        params = {"id": message.id, "key": Inbox.message_key(message), "n": message.payload["n"]}
+        params = {"id": message.id, "key": effect_key(message), "n": message.payload["n"]}
         if deferred:
             session.defer(sql, params)
         else:

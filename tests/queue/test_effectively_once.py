@@ -29,6 +29,7 @@ from safesync_async import (
 
 from ..conftest import TableFactory
 from ..support.backends import Backend
+from ..support.checker import effect_key
 from .helpers import pending_count
 
 EFFECTS = (
@@ -159,7 +160,7 @@ async def test_batch_replayed_after_kill_is_applied_once(
     assert await _effects(engine, table) == (total, total)
     async with DbSession(engine) as session:
         replayed = await session.execute_scalar(
-            f"SELECT COUNT(*) FROM {inbox.table.name} WHERE stream = :s", {"s": stream}
+            f"SELECT COUNT(*) FROM {inbox.table.name} WHERE stream = :s", {"s": stream.encode()}
         )
     assert replayed == total
     assert await pending_count(redis, stream, "g") == 0
@@ -187,7 +188,7 @@ async def _consume_with_inbox(
     async def handler(message: QueueMessage[Any], session: DbSession) -> None:
         await session.execute(
             f"INSERT INTO {table} (message_id, message_key, n) VALUES (:id, :key, :n)",
-            {"id": message.id, "key": Inbox.message_key(message), "n": message.payload["n"]},
+            {"id": message.id, "key": effect_key(message), "n": message.payload["n"]},
         )
 
     config = QueueConfig(stream_key=stream, consumer_group="g", consumer_name="c", block_ms=100)

@@ -47,12 +47,18 @@ EFFECTS = (
 _PENDING_PAGE = 10_000
 
 
+def effect_key(message: QueueMessage[Any]) -> str:
+    """The inbox key of a message as text (hex: exact on every column collation), as the
+    test consumers write it into ``message_key``."""
+    return Inbox.message_key(message).hex()
+
+
 def message_key(stream: str, group: str, entry_id: str, fields: Mapping[bytes, bytes]) -> str:
     """The inbox key of an entry (what the consumers write into ``message_key``)."""
     message: QueueMessage[None] = QueueMessage(
         id=entry_id, stream=stream, group=group, payload=None, fields=fields
     )
-    return Inbox.message_key(message)
+    return effect_key(message)
 
 
 async def dead_letters(

@@ -31,6 +31,7 @@ from safesync_async import (
     install_signal_handlers,
 )
 
+from .checker import effect_key
 from .settings import DATABASE_URL, REDIS_URL
 
 
@@ -42,7 +43,7 @@ async def consume(args: argparse.Namespace) -> None:
     async def handler(message: QueueMessage[Any], session: DbSession) -> None:
         await session.execute(
             f"INSERT INTO {table} (message_id, message_key, n) VALUES (:id, :key, :n)",
-            {"id": message.id, "key": Inbox.message_key(message), "n": message.payload.get("n")},
+            {"id": message.id, "key": effect_key(message), "n": message.payload.get("n")},
         )
         if args.hang_ms:
             await asyncio.sleep(args.hang_ms / 1000)

@@ -6,15 +6,15 @@ from sqlalchemy.engine import Dialect as SADialect
 from sqlalchemy.engine import make_url
 
 from ...errors import ConfigurationError
-from .base import AdvisoryOutcome, ClassifiedError, Dialect, DirectExecutor, ErrorKind
+from .base import AdvisoryLockSql, AdvisoryOutcome, ClassifiedError, Dialect, ErrorKind
 from .mysql import MySQLDialect
 from .postgresql import PostgreSQLDialect
 
 __all__ = [
+    "AdvisoryLockSql",
     "AdvisoryOutcome",
     "ClassifiedError",
     "Dialect",
-    "DirectExecutor",
     "ErrorKind",
     "dialect_for",
     "dialect_for_url",
@@ -30,22 +30,19 @@ _BY_NAME: dict[str, Dialect] = {
 
 def dialect_for(sa_dialect: SADialect) -> Dialect:
     """The library dialect for a SQLAlchemy dialect, or ConfigurationError."""
-    try:
-        return _BY_NAME[sa_dialect.name]
-    except KeyError:
-        supported = ", ".join(sorted(_BY_NAME))
-        raise ConfigurationError(
-            f"database backend {sa_dialect.name!r} is not supported; supported: {supported}"
-        ) from None
+    return _by_backend_name(sa_dialect.name)
 
 
 def dialect_for_url(url: str) -> Dialect:
     """The library dialect for a database URL, before any engine exists."""
-    backend = make_url(url).get_backend_name()
-    try:
-        return _BY_NAME[backend]
-    except KeyError:
+    return _by_backend_name(make_url(url).get_backend_name())
+
+
+def _by_backend_name(backend: str) -> Dialect:
+    found = _BY_NAME.get(backend)
+    if found is None:
         supported = ", ".join(sorted(_BY_NAME))
         raise ConfigurationError(
             f"database backend {backend!r} is not supported; supported: {supported}"
-        ) from None
+        )
+    return found

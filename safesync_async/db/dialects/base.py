@@ -9,18 +9,14 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 from sqlalchemy.engine import Dialect as SADialect
 
 from ... import errors
+from ...errors import ConfigurationError
 from ..lock_names import LockKey
-from ..rows import Rows
-
-if TYPE_CHECKING:
-    from ..session import DbSession
 
 
 class AdvisoryOutcome(enum.Enum):
@@ -40,6 +36,7 @@ class ErrorKind(enum.Enum):
     LOCK_NOT_AVAILABLE = "lock_not_available"
     DUPLICATE_KEY = "duplicate_key"
     STATEMENT_TIMEOUT = "statement_timeout"
+    UNAVAILABLE = "unavailable"  # an outage: read-only, too many connections, shutting down
     DISCONNECT = "disconnect"
     OTHER = "other"
 
@@ -55,6 +52,10 @@ class ClassifiedError:
     constraint: str | None = None
 
 
+_ISOLATION_LEVELS = frozenset(
+    {"READ UNCOMMITTED", "READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"}
+)
+
 _ERROR_CLASSES: dict[ErrorKind, type[errors.DatabaseError]] = {
     ErrorKind.DEADLOCK: errors.DeadlockError,
     ErrorKind.LOCK_WAIT_TIMEOUT: errors.LockWaitTimeoutError,
@@ -62,6 +63,7 @@ _ERROR_CLASSES: dict[ErrorKind, type[errors.DatabaseError]] = {
     ErrorKind.LOCK_NOT_AVAILABLE: errors.LockNotAvailableError,
     ErrorKind.DUPLICATE_KEY: errors.DuplicateKeyError,
     ErrorKind.STATEMENT_TIMEOUT: errors.StatementTimeoutError,
+    ErrorKind.UNAVAILABLE: errors.DatabaseUnavailableError,
     ErrorKind.DISCONNECT: errors.DatabaseDisconnectError,
     ErrorKind.OTHER: errors.DatabaseError,
 }
@@ -78,39 +80,32 @@ _ADVICE: dict[ErrorKind, str] = {
     ErrorKind.LOCK_NOT_AVAILABLE: "the row is locked by another transaction (NOWAIT)",
     ErrorKind.DUPLICATE_KEY: "a row with the same unique key already exists",
     ErrorKind.STATEMENT_TIMEOUT: "the server stopped the statement at its time limit",
+    ErrorKind.UNAVAILABLE: (
+        "the database cannot serve this now (read-only, out of connections or resources, "
+        "or shutting down); try again later"
+    ),
     ErrorKind.DISCONNECT: "the database connection was lost or could not be made",
     ErrorKind.OTHER: "the statement failed",
 }
 
 
-class DirectExecutor(Protocol):
-    """Runs SQL straight on the driver's native async connection, skipping SQLAlchemy's
-    per-statement machinery on the hot path. The connection still comes from, and goes
-    back to, the engine's pool."""
+@dataclass(frozen=True, slots=True)
+class AdvisoryLockSql:
+    """How a backend takes a named lock, as SQL text (run by the locking module).
 
-    async def execute(self, query: str, args: Sequence[Any] | dict[str, Any]) -> Rows: ...
+    ``attempt`` returns 1/true when granted, 0/false when held elsewhere for its whole
+    wait, NULL when the server reported an error or the wait was killed. If not granted
+    and the caller allows a wait, ``wait`` (when not None) is run inside a savepoint: it
+    waits on the server up to the timeout and fails with a lock-wait-timeout error.
+    ``outlives_transaction``: the lock stays with the connection after COMMIT/ROLLBACK and
+    must be released explicitly before the connection returns to the pool.
+    """
 
-    def render(self, query: str, args: Sequence[Any] | dict[str, Any]) -> str | None:
-        """The statement with its parameters inlined exactly as the driver would send it,
-        or None if the connection cannot run several statements in one round trip."""
-        ...
-
-    async def execute_rendered(
-        self, statements: Sequence[str], counts: list[int], *, then_commit: bool = False
-    ) -> None:
-        """Send rendered statements in one round trip (followed by COMMIT if
-        ``then_commit``); append each statement's matched row count to ``counts`` as its
-        result arrives. The server stops at the first failing statement, whose error is
-        raised: ``len(counts)`` is then its index."""
-        ...
-
-    async def commit(self) -> None: ...
-
-    async def rollback(self) -> None: ...
-
-    def in_transaction(self) -> bool | None:
-        """Whether the server reports an open transaction (None: unknown)."""
-        ...
+    attempt: str
+    attempt_params: dict[str, Any]
+    wait: str | None
+    wait_params: dict[str, Any]
+    outlives_transaction: bool
 
 
 class Dialect(abc.ABC):
@@ -124,6 +119,8 @@ class Dialect(abc.ABC):
     label: str
     #: The driver's connect() argument bounding connection time, if it has one.
     connect_timeout_argument: str | None = None
+    #: Whether ``#`` starts a comment in this server's SQL.
+    hash_comments: bool = False
 
     @abc.abstractmethod
     def classify(self, driver_error: BaseException, *, nowait: bool = False) -> ClassifiedError:
@@ -143,9 +140,14 @@ class Dialect(abc.ABC):
         """True when only the failed statement is undone and the transaction can go on
         without a savepoint (MySQL's statement-level rollback; never on PostgreSQL)."""
 
-    @abc.abstractmethod
     def isolation_level_sql(self, level: str) -> str:
         """SQL that sets the isolation level of the next transaction only."""
+        normalized = level.replace("_", " ").upper() if isinstance(level, str) else level
+        if normalized not in _ISOLATION_LEVELS:
+            raise ConfigurationError(
+                f"unknown isolation level {level!r}; use one of {sorted(_ISOLATION_LEVELS)}"
+            )
+        return f"SET TRANSACTION ISOLATION LEVEL {normalized}"
 
     @abc.abstractmethod
     def lock_timeout_sql(self, seconds: float) -> tuple[str, str | None]:
@@ -158,12 +160,16 @@ class Dialect(abc.ABC):
     ) -> None:
         """Raise ConfigurationError if the server cannot do NOWAIT / SKIP LOCKED."""
 
+    def row_lock_clause(self, *, nowait: bool, skip_locked: bool) -> str:
+        """The locking clause ending a ``SELECT`` that locks the rows it returns."""
+        if nowait:
+            return " FOR UPDATE NOWAIT"
+        return " FOR UPDATE SKIP LOCKED" if skip_locked else " FOR UPDATE"
+
     @abc.abstractmethod
-    async def acquire_advisory_lock(
-        self, session: DbSession, key: LockKey, name: str, wait: float
-    ) -> AdvisoryOutcome:
-        """Take the named lock for ``key`` in the session, waiting at most ``wait``
-        seconds on the server; it must be released when the transaction ends."""
+    def advisory_lock_sql(self, key: LockKey, name: str, wait: float) -> AdvisoryLockSql:
+        """How to take the named lock for ``key`` (``name`` is its hashed ASCII name),
+        waiting at most ``wait`` seconds on the server."""
 
     @abc.abstractmethod
     def release_advisory_locks_sql(self) -> str | None:
@@ -171,22 +177,15 @@ class Dialect(abc.ABC):
         or None when the server releases them at transaction end."""
 
     @abc.abstractmethod
-    def server_session_id(self, driver_connection: object) -> int | None:
-        """The server's id for this connection, used to kill a statement left running."""
-
-    @abc.abstractmethod
     def kill_session_sql(self, session_id: int) -> str:
         """SQL, run from another connection, that ends the given server session."""
 
-    def insert_skipping_duplicates(self, table: Any, values: dict[str, Any]) -> Any | None:
-        """A single-row INSERT that does nothing (row count 0) when the row's unique key
-        already exists, or None where the only such construct is unsafe (MySQL's
-        INSERT IGNORE also hides truncation); callers then catch the duplicate error."""
+    def insert_skipping_duplicates_sql(self, insert_sql: str) -> str | None:
+        """``insert_sql`` (a single-row INSERT) made to do nothing (row count 0) when the
+        row's unique key already exists, or None where the only such form is unsafe
+        (MySQL's INSERT IGNORE also hides truncation); callers then catch the duplicate
+        error instead."""
         return None
-
-    @abc.abstractmethod
-    def direct_executor(self, driver_connection: object) -> DirectExecutor | None:
-        """A fast executor for this driver connection, or None to use SQLAlchemy."""
 
     @abc.abstractmethod
     def is_unknown_session(self, info: ClassifiedError) -> bool:
@@ -213,14 +212,41 @@ class Dialect(abc.ABC):
             return ClassifiedError(ErrorKind.DISCONNECT, None, None, repr(exc))
         return self.classify(exc, nowait=nowait)
 
+    def connect_hint(self, info: ClassifiedError) -> str:
+        """What to check when connecting failed with ``info`` ("" when nothing specific)."""
+        if info.kind is ErrorKind.DISCONNECT:
+            return "is the server running and reachable at that address?"
+        return ""
+
+    def build_connect_error(self, info: ClassifiedError, url: str) -> errors.DatabaseError:
+        """The library exception for a failure to connect to ``url`` (password hidden).
+
+        Whatever the server said, failing to connect is never the statement's or the
+        message's fault: it is a :class:`DatabaseUnavailableError` (a
+        :class:`DatabaseDisconnectError` when the server could not be reached at all).
+        """
+        code = _code(self.label, info)
+        hint = self.connect_hint(info)
+        message = f"could not connect to {self.label} at {url} ({code}: {info.server_message})"
+        if hint:
+            message = f"{message}; {hint}"
+        kind: type[errors.DatabaseUnavailableError] = errors.DatabaseUnavailableError
+        if info.kind is ErrorKind.DISCONNECT:
+            kind = errors.DatabaseDisconnectError
+        return kind(message, errno=info.errno, sqlstate=info.sqlstate)
+
     def build_error(self, info: ClassifiedError) -> errors.DatabaseError:
         """The library exception for a classified error (returned, not raised)."""
-        code = f"{self.label} error {info.errno}" if info.errno is not None else self.label
-        if info.sqlstate is not None:
-            code = f"{code}, SQLSTATE {info.sqlstate}"
-        message = f"{_ADVICE[info.kind]} ({code}: {info.server_message})"
+        message = f"{_ADVICE[info.kind]} ({_code(self.label, info)}: {info.server_message})"
         if info.kind is ErrorKind.DUPLICATE_KEY:
             return errors.DuplicateKeyError(
                 message, errno=info.errno, sqlstate=info.sqlstate, constraint=info.constraint
             )
         return _ERROR_CLASSES[info.kind](message, errno=info.errno, sqlstate=info.sqlstate)
+
+
+def _code(label: str, info: ClassifiedError) -> str:
+    code = f"{label} error {info.errno}" if info.errno is not None else label
+    if info.sqlstate is not None:
+        code = f"{code}, SQLSTATE {info.sqlstate}"
+    return code

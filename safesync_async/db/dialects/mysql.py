@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Dialect as SADialect
 
 from ...errors import ConfigurationError
 from ..lock_names import LockKey
-from ..rows import Rows
-from .base import AdvisoryOutcome, ClassifiedError, Dialect, DirectExecutor, ErrorKind
-
-if TYPE_CHECKING:
-    from ..session import DbSession
+from .base import AdvisoryLockSql, ClassifiedError, Dialect, ErrorKind
 
 # Server error numbers, one table (see docs/sessions.md for what each means to callers).
 _ERRNO_KINDS: dict[int, ErrorKind] = {
@@ -29,9 +23,21 @@ _ERRNO_KINDS: dict[int, ErrorKind] = {
     1586: ErrorKind.DUPLICATE_KEY,  # ER_DUP_ENTRY_WITH_KEY_NAME
     1969: ErrorKind.STATEMENT_TIMEOUT,  # ER_STATEMENT_TIMEOUT (MariaDB max_statement_time)
     3024: ErrorKind.STATEMENT_TIMEOUT,  # ER_QUERY_TIMEOUT (MySQL max_execution_time)
+    # Outages: the server cannot take this now, whatever the statement (docs/errors.md).
+    1836: ErrorKind.UNAVAILABLE,  # ER_READ_ONLY_MODE (InnoDB read-only)
+    1792: ErrorKind.UNAVAILABLE,  # ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION
+    1040: ErrorKind.UNAVAILABLE,  # ER_CON_COUNT_ERROR: too many connections
+    1203: ErrorKind.UNAVAILABLE,  # ER_TOO_MANY_USER_CONNECTIONS
+    1226: ErrorKind.UNAVAILABLE,  # ER_USER_LIMIT_REACHED (max_questions, ...)
     1053: ErrorKind.DISCONNECT,  # ER_SERVER_SHUTDOWN
     1927: ErrorKind.DISCONNECT,  # ER_CONNECTION_KILLED (MariaDB)
+    3169: ErrorKind.DISCONNECT,  # ER_SESSION_WAS_KILLED (MySQL 8)
     4031: ErrorKind.DISCONNECT,  # ER_CLIENT_INTERACTION_TIMEOUT (MySQL 8)
+    1043: ErrorKind.DISCONNECT,  # ER_HANDSHAKE_ERROR
+    1158: ErrorKind.DISCONNECT,  # ER_NET_READ_ERROR
+    1159: ErrorKind.DISCONNECT,  # ER_NET_READ_INTERRUPTED
+    1160: ErrorKind.DISCONNECT,  # ER_NET_ERROR_ON_WRITE
+    1161: ErrorKind.DISCONNECT,  # ER_NET_WRITE_INTERRUPTED
     2002: ErrorKind.DISCONNECT,  # CR_CONNECTION_ERROR
     2003: ErrorKind.DISCONNECT,  # CR_CONN_HOST_ERROR
     2006: ErrorKind.DISCONNECT,  # CR_SERVER_GONE_ERROR
@@ -40,15 +46,28 @@ _ERRNO_KINDS: dict[int, ErrorKind] = {
     0: ErrorKind.DISCONNECT,  # client-side InterfaceError(0): the connection is closed
 }
 
+# Codes shared by an outage and by ordinary failures, told apart by the server's wording:
+# 1290 is also "--secure-file-priv" or "--skip-grant-tables"; 1047 also an unknown command.
+_UNAVAILABLE_IF_MENTIONED: dict[int, tuple[str, ...]] = {
+    1290: ("read-only", "read_only"),  # ER_OPTION_PREVENTS_STATEMENT: (super-)read-only
+    1047: ("wsrep",),  # ER_UNKNOWN_COM_ERROR: a Galera node not ready
+}
+# What to check when connecting failed.
+_CONNECT_HINTS: dict[int, str] = {
+    1045: "check the user name and password in the URL",
+    1044: "the user may not use this database: check the grants or the database name",
+    1049: "the database does not exist: create it or fix the name in the URL",
+    2005: "the host name does not resolve: check the URL",
+    1040: "the server has no connection left (max_connections)",
+    1203: "the user has no connection left (max_user_connections)",
+}
+
 _TRANSACTION_ENDING = frozenset({ErrorKind.DEADLOCK, ErrorKind.SERIALIZATION, ErrorKind.DISCONNECT})
 _STATEMENT_ONLY = frozenset(
     {ErrorKind.DUPLICATE_KEY, ErrorKind.LOCK_NOT_AVAILABLE, ErrorKind.LOCK_WAIT_TIMEOUT}
 )
 # The key name is context for the caller, not the classification (that is the errno).
 _DUPLICATE_KEY_NAME = re.compile(r"for key '(?:[^']*\.)?([^'.]*)'")
-_ISOLATION_LEVELS = frozenset(
-    {"READ UNCOMMITTED", "READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"}
-)
 _MAX_LOCK_WAIT_TIMEOUT = 1_073_741_824
 
 
@@ -57,10 +76,15 @@ class MySQLDialect(Dialect):
 
     label = "MySQL"
     connect_timeout_argument = "connect_timeout"
+    hash_comments = True
 
     def classify(self, driver_error: BaseException, *, nowait: bool = False) -> ClassifiedError:
         errno, message = _errno_and_message(driver_error)
         kind = _ERRNO_KINDS.get(errno, ErrorKind.OTHER) if errno is not None else ErrorKind.OTHER
+        if errno in _UNAVAILABLE_IF_MENTIONED:
+            lowered = message.lower()
+            if any(word in lowered for word in _UNAVAILABLE_IF_MENTIONED[errno]):
+                kind = ErrorKind.UNAVAILABLE
         if nowait and kind is ErrorKind.LOCK_WAIT_TIMEOUT:
             kind = ErrorKind.LOCK_NOT_AVAILABLE  # MariaDB reports NOWAIT failures as 1205
         constraint = None
@@ -74,14 +98,6 @@ class MySQLDialect(Dialect):
 
     def keeps_transaction_usable(self, kind: ErrorKind) -> bool:
         return kind in _STATEMENT_ONLY
-
-    def isolation_level_sql(self, level: str) -> str:
-        normalized = level.replace("_", " ").upper()
-        if normalized not in _ISOLATION_LEVELS:
-            raise ConfigurationError(
-                f"unknown isolation level {level!r}; use one of {sorted(_ISOLATION_LEVELS)}"
-            )
-        return f"SET TRANSACTION ISOLATION LEVEL {normalized}"
 
     def lock_timeout_sql(self, seconds: float) -> tuple[str, str | None]:
         # innodb_lock_wait_timeout is whole seconds, 1 at least on MySQL.
@@ -111,28 +127,18 @@ class MySQLDialect(Dialect):
                 f"{option} needs {server} {wanted} or newer; this server is {shown}"
             )
 
-    async def acquire_advisory_lock(
-        self, session: DbSession, key: LockKey, name: str, wait: float
-    ) -> AdvisoryOutcome:
-        # Noted before the call: if the wait is interrupted the server may still grant it.
-        session._note_named_lock()
-        rows = await session._execute(
-            "SELECT GET_LOCK(:name, :timeout)", {"name": name, "timeout": wait}
+    def advisory_lock_sql(self, key: LockKey, name: str, wait: float) -> AdvisoryLockSql:
+        # GET_LOCK waits on the server itself; the lock belongs to the connection.
+        return AdvisoryLockSql(
+            attempt="SELECT GET_LOCK(:name, :timeout)",
+            attempt_params={"name": name, "timeout": wait},
+            wait=None,
+            wait_params={},
+            outlives_transaction=True,
         )
-        granted = rows.scalar()
-        if granted == 1:
-            return AdvisoryOutcome.ACQUIRED
-        return AdvisoryOutcome.TIMEOUT if granted == 0 else AdvisoryOutcome.FAILED
 
     def release_advisory_locks_sql(self) -> str | None:
         return "SELECT RELEASE_ALL_LOCKS()"
-
-    def server_session_id(self, driver_connection: object) -> int | None:
-        thread_id = getattr(driver_connection, "thread_id", None)
-        if not callable(thread_id):
-            return None
-        value = thread_id()
-        return value if isinstance(value, int) else None
 
     def kill_session_sql(self, session_id: int) -> str:
         return f"KILL CONNECTION {int(session_id)}"
@@ -140,66 +146,9 @@ class MySQLDialect(Dialect):
     def is_unknown_session(self, info: ClassifiedError) -> bool:
         return info.errno == 1094  # ER_NO_SUCH_THREAD
 
-    def direct_executor(self, driver_connection: object) -> DirectExecutor | None:
-        if type(driver_connection).__module__.startswith("asyncmy"):
-            return AsyncmyExecutor(driver_connection)
-        return None
-
-
-_SERVER_STATUS_IN_TRANS = 1
-_CLIENT_MULTI_STATEMENTS = 1 << 16
-# Rendered statements are separated by a line of their own, so that a statement ending
-# in a "-- comment" cannot swallow the separator.
-_STATEMENT_SEPARATOR = "\n;\n"
-
-
-class AsyncmyExecutor:
-    """Statements on a native asyncmy connection (one buffered cursor, format paramstyle)."""
-
-    __slots__ = ("_connection", "_cursor", "_multi_statements")
-
-    def __init__(self, connection: Any) -> None:
-        self._connection = connection
-        self._cursor = connection.cursor()
-        flags = getattr(connection, "_client_flag", 0)
-        self._multi_statements = isinstance(flags, int) and bool(flags & _CLIENT_MULTI_STATEMENTS)
-
-    async def execute(self, query: str, args: Sequence[Any] | dict[str, Any]) -> Rows:
-        cursor = self._cursor
-        await cursor.execute(query, args)
-        description = cursor.description
-        if not description:
-            return Rows(cursor.rowcount, (), (), (cursor.lastrowid,) if cursor.lastrowid else None)
-        rows = await cursor.fetchall()
-        return Rows(cursor.rowcount, tuple(column[0] for column in description), rows)
-
-    def render(self, query: str, args: Sequence[Any] | dict[str, Any]) -> str | None:
-        if not self._multi_statements:
-            return None
-        rendered: str = self._cursor.mogrify(query, args)
-        return rendered.rstrip().rstrip(";")
-
-    async def execute_rendered(
-        self, statements: Sequence[str], counts: list[int], *, then_commit: bool = False
-    ) -> None:
-        cursor = self._cursor
-        script = [*statements, "COMMIT"] if then_commit else statements
-        await cursor.execute(_STATEMENT_SEPARATOR.join(script))
-        counts.append(cursor.rowcount)
-        while await cursor.nextset():
-            counts.append(cursor.rowcount)
-        if then_commit:
-            counts.pop()  # the COMMIT's
-
-    async def commit(self) -> None:
-        await self._connection.commit()
-
-    async def rollback(self) -> None:
-        await self._connection.rollback()
-
-    def in_transaction(self) -> bool | None:
-        status = getattr(self._connection, "server_status", None)
-        return bool(status & _SERVER_STATUS_IN_TRANS) if isinstance(status, int) else None
+    def connect_hint(self, info: ClassifiedError) -> str:
+        found = _CONNECT_HINTS.get(info.errno) if info.errno is not None else None
+        return found if found is not None else super().connect_hint(info)
 
 
 def _errno_and_message(driver_error: BaseException) -> tuple[int | None, str]:

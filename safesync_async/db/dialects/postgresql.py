@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Dialect as SADialect
 
-from ...errors import ConfigurationError, LockWaitTimeoutError, StatementTimeoutError
 from ..lock_names import LockKey, lock_digest
-from .base import AdvisoryOutcome, ClassifiedError, Dialect, DirectExecutor, ErrorKind
-
-if TYPE_CHECKING:
-    from ..session import DbSession
+from .base import AdvisoryLockSql, ClassifiedError, Dialect, ErrorKind
 
 # SQLSTATE codes, one table (see docs/backends.md).
 _SQLSTATE_KINDS: dict[str, ErrorKind] = {
@@ -22,12 +16,34 @@ _SQLSTATE_KINDS: dict[str, ErrorKind] = {
     "55P03": ErrorKind.LOCK_WAIT_TIMEOUT,  # lock_not_available: lock_timeout or NOWAIT
     "23505": ErrorKind.DUPLICATE_KEY,  # unique_violation
     "57014": ErrorKind.STATEMENT_TIMEOUT,  # query_canceled: statement_timeout or cancel
+    # Outages: the server cannot take this now, whatever the statement (docs/errors.md).
+    "25006": ErrorKind.UNAVAILABLE,  # read_only_sql_transaction (a standby, a failover)
+    "53000": ErrorKind.UNAVAILABLE,  # insufficient_resources
+    "53100": ErrorKind.UNAVAILABLE,  # disk_full
+    "53200": ErrorKind.UNAVAILABLE,  # out_of_memory
+    "53300": ErrorKind.UNAVAILABLE,  # too_many_connections
+    "53400": ErrorKind.UNAVAILABLE,  # configuration_limit_exceeded
+    "58030": ErrorKind.UNAVAILABLE,  # io_error
     "57P01": ErrorKind.DISCONNECT,  # admin_shutdown (terminated backend)
     "57P02": ErrorKind.DISCONNECT,  # crash_shutdown
-    "57P03": ErrorKind.DISCONNECT,  # cannot_connect_now
+    "57P03": ErrorKind.DISCONNECT,  # cannot_connect_now (starting up, shutting down)
+    "57P05": ErrorKind.DISCONNECT,  # idle_session_timeout
 }
-_ISOLATION_LEVELS = frozenset(
-    {"READ UNCOMMITTED", "READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"}
+# What to check when connecting failed.
+_CONNECT_HINTS: dict[str, str] = {
+    "28P01": "check the user name and password in the URL",
+    "28000": "the server refused this user from this host: check pg_hba.conf and the URL",
+    "3D000": "the database does not exist: create it or fix the name in the URL",
+    "53300": "the server has no connection left (max_connections)",
+    "57P03": "the server is starting up or shutting down",
+}
+# Waits on the named lock with lock_timeout set for this statement only: the FROM item
+# (kept from being flattened by OFFSET 0) reads the previous value first, and the select
+# list, evaluated left to right, sets the bound, waits, and restores it.
+_ADVISORY_WAIT = (
+    "SELECT set_config('lock_timeout', :wait, true), pg_advisory_xact_lock(:k), "
+    "set_config('lock_timeout', previous.setting, true) "
+    "FROM (SELECT current_setting('lock_timeout') AS setting OFFSET 0) AS previous"
 )
 
 
@@ -67,14 +83,6 @@ class PostgreSQLDialect(Dialect):
     def keeps_transaction_usable(self, kind: ErrorKind) -> bool:
         return False  # an error aborts the transaction: expected failures need savepoints
 
-    def isolation_level_sql(self, level: str) -> str:
-        normalized = level.replace("_", " ").upper()
-        if normalized not in _ISOLATION_LEVELS:
-            raise ConfigurationError(
-                f"unknown isolation level {level!r}; use one of {sorted(_ISOLATION_LEVELS)}"
-            )
-        return f"SET TRANSACTION ISOLATION LEVEL {normalized}"
-
     def lock_timeout_sql(self, seconds: float) -> tuple[str, str | None]:
         # SET LOCAL ends with the transaction: nothing to restore.
         return f"SET LOCAL lock_timeout = '{max(1, math.ceil(seconds * 1000))}ms'", None
@@ -84,38 +92,18 @@ class PostgreSQLDialect(Dialect):
     ) -> None:
         return None  # NOWAIT since 8.1, SKIP LOCKED since 9.5
 
-    async def acquire_advisory_lock(
-        self, session: DbSession, key: LockKey, name: str, wait: float
-    ) -> AdvisoryOutcome:
+    def advisory_lock_sql(self, key: LockKey, name: str, wait: float) -> AdvisoryLockSql:
         key64 = advisory_key64(key)
-        tried = await session._execute("SELECT pg_try_advisory_xact_lock(:k)", {"k": key64})
-        if tried.scalar():
-            return AdvisoryOutcome.ACQUIRED
-        if wait == 0:
-            return AdvisoryOutcome.TIMEOUT
-        previous = (await session._execute("SELECT current_setting('lock_timeout')")).scalar()
-        try:
-            async with session.savepoint():
-                # lock_timeout bounds the wait on the server; restored in the same statement.
-                await session._execute(
-                    "SELECT set_config('lock_timeout', :wait, true), "
-                    "pg_advisory_xact_lock(:k), set_config('lock_timeout', :previous, true)",
-                    {"wait": f"{max(1, math.ceil(wait * 1000))}ms", "k": key64,
-                     "previous": previous},
-                )  # fmt: skip
-        except LockWaitTimeoutError:
-            return AdvisoryOutcome.TIMEOUT
-        except StatementTimeoutError:  # the wait was cancelled (pg_cancel_backend, timeout)
-            return AdvisoryOutcome.FAILED
-        return AdvisoryOutcome.ACQUIRED
+        return AdvisoryLockSql(
+            attempt="SELECT pg_try_advisory_xact_lock(:k)",
+            attempt_params={"k": key64},
+            wait=_ADVISORY_WAIT,
+            wait_params={"wait": f"{max(1, math.ceil(wait * 1000))}ms", "k": key64},
+            outlives_transaction=False,
+        )
 
     def release_advisory_locks_sql(self) -> str | None:
         return None  # transaction-scoped advisory locks end with the transaction
-
-    def server_session_id(self, driver_connection: object) -> int | None:
-        get_pid = getattr(driver_connection, "get_server_pid", None)
-        value = get_pid() if callable(get_pid) else None
-        return value if isinstance(value, int) else None
 
     def kill_session_sql(self, session_id: int) -> str:
         return f"SELECT pg_terminate_backend({int(session_id)})"
@@ -123,9 +111,10 @@ class PostgreSQLDialect(Dialect):
     def is_unknown_session(self, info: ClassifiedError) -> bool:
         return False  # pg_terminate_backend returns false instead of failing
 
-    def direct_executor(self, driver_connection: object) -> DirectExecutor | None:
-        return None  # asyncpg statements go through SQLAlchemy
+    def connect_hint(self, info: ClassifiedError) -> str:
+        found = _CONNECT_HINTS.get(info.sqlstate or "")
+        return found if found is not None else super().connect_hint(info)
 
-    def insert_skipping_duplicates(self, table: Any, values: dict[str, Any]) -> Any | None:
+    def insert_skipping_duplicates_sql(self, insert_sql: str) -> str | None:
         # ON CONFLICT DO NOTHING: no error, so no savepoint round trips.
-        return pg_insert(table).values(**values).on_conflict_do_nothing()
+        return f"{insert_sql} ON CONFLICT DO NOTHING"

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-import math
 import time
 from types import TracebackType
 
 from ... import tracing
-from ...errors import ConfigurationError, DatabaseError, LockAcquireError, LockTimeoutError
+from ..._validation import check_seconds
+from ...errors import (
+    DatabaseError,
+    LockAcquireError,
+    LockTimeoutError,
+    LockWaitTimeoutError,
+    StatementTimeoutError,
+)
+from .._core import TransactionCore
 from ..dialects import AdvisoryOutcome
 from ..lock_names import LockKey, lock_name
 from ..session import DbSession
@@ -33,15 +40,7 @@ class AdvisoryLock:
     """
 
     def __init__(self, session: DbSession, key: LockKey, timeout: float = 10.0) -> None:
-        if (
-            isinstance(timeout, bool)
-            or not isinstance(timeout, int | float)
-            or not math.isfinite(timeout)
-            or timeout < 0
-        ):
-            raise ConfigurationError(
-                f"advisory lock timeout must be a finite number of seconds >= 0, got {timeout!r}"
-            )
+        check_seconds("advisory lock timeout", timeout, allow_zero=True)
         self._session = session
         self.key = key
         self.timeout = timeout
@@ -49,14 +48,12 @@ class AdvisoryLock:
 
     async def acquire(self) -> None:
         """Wait for the lock; see the class docstring for the errors."""
-        session = self._session
-        metrics = session._metrics
+        core = self._session.core
+        metrics = core.metrics
         started = time.perf_counter()
         try:
-            with tracing.lock_span("advisory", self.name, session.db_system):
-                outcome = await session.dialect.acquire_advisory_lock(
-                    session, self.key, self.name, self.timeout
-                )
+            with tracing.lock_span("advisory", self.name, core.db_system):
+                outcome = await _take(core, self.key, self.name, self.timeout)
         except DatabaseError:
             metrics.inc("lock_acquisitions", "advisory", "error")
             raise
@@ -89,3 +86,27 @@ class AdvisoryLock:
         tb: TracebackType | None,
     ) -> None:
         """Nothing to do: the lock is released when the session's transaction ends."""
+
+
+async def _take(core: TransactionCore, key: LockKey, name: str, wait: float) -> AdvisoryOutcome:
+    """Run the backend's named-lock SQL: one attempt, then (where the backend waits in a
+    separate statement) a wait bounded on the server, inside a savepoint."""
+    sql = core.dialect.advisory_lock_sql(key, name, wait)
+    if sql.outlives_transaction:
+        # Noted before the call: if the wait is interrupted the server may still grant it.
+        core.note_named_lock()
+    granted = (await core.run(sql.attempt, sql.attempt_params)).scalar()
+    if granted is None:
+        return AdvisoryOutcome.FAILED
+    if granted:
+        return AdvisoryOutcome.ACQUIRED
+    if sql.wait is None or wait == 0:
+        return AdvisoryOutcome.TIMEOUT
+    try:
+        async with core.savepoint():
+            await core.run(sql.wait, sql.wait_params)
+    except LockWaitTimeoutError:
+        return AdvisoryOutcome.TIMEOUT
+    except StatementTimeoutError:  # the wait was cancelled (pg_cancel_backend, timeout)
+        return AdvisoryOutcome.FAILED
+    return AdvisoryOutcome.ACQUIRED

@@ -1,0 +1,564 @@
+"""The transaction behind a DbSession: its states, its failure bookkeeping, and the one
+decision that matters at the end: commit everything the block did, or raise.
+
+:class:`TransactionCore` is also the library's internal interface to a session: the
+primitives (locks, OCC, idempotent insert, inbox, outbox) run their statements through
+``session.core`` so that every statement gets the same error bookkeeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TypeVar
+
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Dialect as SADialect
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.util import greenlet_spawn
+
+from .._shield import run_to_completion
+from ..errors import (
+    CommitOutcomeUnknownError,
+    DatabaseError,
+    DatabaseUnavailableError,
+    RollbackOnlyError,
+    SessionStateError,
+)
+from ..metrics import Metrics
+from ._connection import KILL_TIMEOUT, KillOutcome, PooledConnection, give_back, kill_server_session
+from ._deferred import DeferredQueue, DeferredWrite, name_failed_write, round_trips
+from ._statements import Params, Statement, check_deferrable, describe, driver_query, executable
+from .dialects import ClassifiedError, Dialect, ErrorKind
+from .lease import ConnectionLease
+from .rows import Rows
+
+__all__ = ["TransactionCore", "TransactionOutcome"]
+
+_log = logging.getLogger("safesync_async.db.session")
+_T = TypeVar("_T")
+
+
+class TransactionOutcome(enum.Enum):
+    """How a :class:`~safesync_async.DbSession`'s transaction ended (``session.outcome``),
+    known even when the task was cancelled meanwhile."""
+
+    OPEN = "open"  #: not ended yet
+    COMMITTED = "committed"  #: the server confirmed the COMMIT
+    ROLLED_BACK = "rolled_back"  #: rolled back or never committed: nothing persisted
+    UNKNOWN = "unknown"  #: COMMIT sent and no answer: it may or may not have persisted
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    ACTIVE = "active"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class TransactionCore:
+    """One connection and one transaction, with the rule that keeps writes from being
+    lost silently: a block that ends without an exception either commits everything it
+    executed or the exit raises. Once a statement failed (outside a savepoint), was
+    interrupted (cancelled, timed out) or lost its connection, the commit is refused with
+    :class:`RollbackOnlyError` naming why.
+
+    Not safe to share between tasks. Created by :class:`DbSession`; the attributes and
+    methods without a leading underscore form the interface the primitives use.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        dialect: Dialect,
+        *,
+        setup_sql: Sequence[str],
+        restore_sql: str | None,
+        operation: str,
+        cleanup_timeout: float,
+        metrics: Metrics,
+        lease: ConnectionLease | None,
+    ) -> None:
+        self.engine = engine
+        self.dialect = dialect
+        self.sa_dialect: SADialect = engine.dialect
+        self.operation = operation
+        self.metrics = metrics
+        #: How the transaction ended (OPEN until then).
+        self.outcome = TransactionOutcome.OPEN
+        #: Whether, cleaning up after an interrupted statement, the server could not be
+        #: reached even from a new connection (the database failed, not the caller).
+        self.server_unreachable = False
+        self._lease = lease
+        self._setup_sql = setup_sql
+        self._restore_sql = restore_sql
+        self._cleanup_timeout = cleanup_timeout
+        self._state = _State.NEW
+        self._conn: PooledConnection | None = None
+        self._deferred = DeferredQueue()
+        self._failure: DatabaseError | None = None
+        self._interruption: BaseException | None = None
+        self._interrupted_statement = ""
+        self._broken = False
+        self._transaction_lost = False
+        self._busy = False
+        self._named_locks = False
+        self._started = 0.0
+
+    # -- for the primitives -------------------------------------------------------------
+
+    @property
+    def db_system(self) -> str:
+        """The database system name for tracing ("mariadb", "mysql", "postgresql")."""
+        return "mariadb" if getattr(self.sa_dialect, "is_mariadb", False) else self.sa_dialect.name
+
+    def fail(self, error: DatabaseError) -> None:
+        """Make the session rollback-only because of ``error`` (the first one is kept)."""
+        if self._failure is None:
+            self._failure = error
+
+    def note_named_lock(self) -> None:
+        """A named lock that outlives the transaction may be held: release it at the end."""
+        self._named_locks = True
+
+    @property
+    def rollback_only(self) -> bool:
+        return self._failure is not None or self._interruption is not None or self._broken
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Check a connection out (or take the lease's) and run the setup statements."""
+        if self._state is not _State.NEW:
+            raise SessionStateError(
+                "this DbSession was already entered; create a new DbSession for each "
+                "transaction (sessions cannot be nested or reused)"
+            )
+        self._state = _State.ACTIVE
+        self._started = time.perf_counter()
+        try:
+            if self._lease is not None:
+                fairy = await self._lease.checkout()
+            else:
+                fairy = await greenlet_spawn(self.engine.sync_engine.raw_connection)
+        except Exception as exc:
+            self._state = _State.CLOSED
+            self.outcome = TransactionOutcome.ROLLED_BACK
+            raise self._connect_error(exc) from exc
+        except BaseException:
+            self._state = _State.CLOSED
+            self.outcome = TransactionOutcome.ROLLED_BACK
+            raise
+        self._conn = PooledConnection(self.engine, fairy)
+        try:
+            for sql in self._setup_sql:
+                await self.run(sql)
+        except BaseException:
+            await run_to_completion(self._finish(body_failed=True))
+            raise
+
+    async def close(self, body_error: BaseException | None) -> None:
+        """End the transaction: commit after a clean block, roll back after an exception;
+        raise if a clean block cannot be committed. Cleanup runs to completion even when
+        the task is cancelled; the cancellation is re-raised after it, with a note saying
+        how the transaction ended."""
+        if self._state is not _State.ACTIVE:
+            return
+        carried: list[DeferredWrite] = []
+        if body_error is None and self._deferred and not self.rollback_only:
+            if self._can_carry_with_commit():
+                carried = self._deferred.take()
+            else:
+                try:
+                    await self._flush_deferred()  # like the body's own statements
+                except BaseException:
+                    await run_to_completion(self._finish(body_failed=True))
+                    raise
+        try:
+            await run_to_completion(
+                self._finish(body_failed=body_error is not None, carried=carried)
+            )
+        except asyncio.CancelledError as cancelled:
+            if body_error is None:
+                cancelled.add_note(
+                    "the DbSession's transaction ended before this cancellation took effect: "
+                    f"session.outcome is {self.outcome.name}"
+                )
+            raise
+
+    # -- statements ----------------------------------------------------------------------
+
+    async def run(
+        self,
+        sql: Statement,
+        params: Params = None,
+        *,
+        nowait: bool = False,
+        tolerate: ErrorKind | None = None,
+    ) -> Rows:
+        """Run one statement with the session's bookkeeping; SQL text on the driver path
+        where there is one. ``nowait``: the statement used NOWAIT; ``tolerate``: an error
+        kind that, where the server keeps the transaction usable, does not make the
+        session rollback-only (it is raised all the same)."""
+        conn = self._conn
+        executor = conn.executor if conn is not None else None
+        if executor is not None and isinstance(sql, str):
+            assert conn is not None
+            query, args = driver_query(sql, params, self.sa_dialect)
+            conn.direct_used = True
+            return await self._guard(
+                lambda: executor.execute(query, args), sql, nowait, tolerate, native=True
+            )
+        statement = executable(sql)
+
+        async def through_sqlalchemy() -> Rows:
+            assert self._conn is not None
+            connection = self._conn.sqlalchemy()
+            result = await (
+                connection.execute(statement, params) if params else connection.execute(statement)
+            )
+            return Rows.from_result(result)
+
+        return await self._guard(through_sqlalchemy, sql, nowait, tolerate, native=False)
+
+    def defer(self, sql: Statement, params: Params) -> None:
+        """Queue one data-changing statement for the next flush."""
+        self._check_usable()
+        check_deferrable(sql, hash_comments=self.dialect.hash_comments)
+        assert self._conn is not None
+        executor = self._conn.executor
+        rendered = None
+        if executor is not None and isinstance(sql, str):
+            rendered = executor.render(*driver_query(sql, params, self.sa_dialect))
+        self._deferred.add(DeferredWrite(sql, params, rendered))
+
+    async def flush(self) -> list[int]:
+        """Run the deferred statements now; the number of rows each one matched."""
+        self._check_usable()
+        return await self._flush_deferred()
+
+    def sqlalchemy_connection(self) -> AsyncConnection:
+        """The SQLAlchemy connection of the session (the escape hatch)."""
+        self._check_usable()
+        if self._deferred:
+            raise SessionStateError(
+                "statements are deferred; await session.flush() before using "
+                "session.connection, so that they run first"
+            )
+        assert self._conn is not None
+        return self._conn.sqlalchemy()
+
+    @contextlib.asynccontextmanager
+    async def savepoint(self) -> AsyncIterator[None]:
+        """A nested transaction: if the block raises, what it did is undone (writes it
+        deferred are dropped, not sent) and the session stays usable, unless the error
+        ended the whole transaction on the server."""
+        nested = await self._guard(
+            lambda: self._sqlalchemy().begin_nested(), "SAVEPOINT", False, None, native=False
+        )
+        mark = self._deferred.mark()
+        try:
+            yield
+            await self.flush()  # writes deferred inside the savepoint belong to it
+        except Exception:
+            self._deferred.drop_since(mark)
+            if self._transaction_lost or self._interruption is not None or self._broken:
+                raise
+            failure, self._failure = self._failure, None
+            try:
+                await run_to_completion(
+                    self._guard(nested.rollback, "ROLLBACK TO SAVEPOINT", False, None, False)
+                )
+            except BaseException:
+                self._failure = self._failure or failure
+                raise
+            raise
+        else:
+            await self._guard(nested.commit, "RELEASE SAVEPOINT", False, None, native=False)
+
+    # -- the guard -------------------------------------------------------------------------
+
+    async def _guard(
+        self,
+        call: Callable[[], Awaitable[_T]],
+        statement: Statement,
+        nowait: bool,
+        tolerate: ErrorKind | None,
+        native: bool,
+    ) -> _T:
+        """Run one database call: refuse it if the session cannot take it, send the
+        deferred writes first, and record what a failure means for the transaction and
+        the connection. ``native``: the call went to the driver, so any exception it
+        raises is a driver error."""
+        self._check_usable()
+        if self._deferred:
+            await self._flush_deferred()
+        self._busy = True
+        try:
+            return await call()
+        except Exception as exc:
+            if native or isinstance(exc, sa_exc.SQLAlchemyError):
+                raise self._failed(self._classify(exc, nowait=nowait), tolerate) from exc
+            self.fail(DatabaseError(f"{describe(statement)!r} raised {exc!r}"))
+            raise
+        except BaseException as exc:
+            # Cancelled or timed out mid-statement: the reply may still be on the wire and
+            # the statement may still run on the server: the connection cannot be trusted.
+            self._interrupt(exc, statement)
+            raise
+        finally:
+            self._busy = False
+
+    def _check_usable(self) -> None:
+        if self._state is not _State.ACTIVE or self._conn is None:
+            raise SessionStateError(
+                "DbSession is not active; use it inside 'async with DbSession(engine) as s'"
+            )
+        if self._busy:
+            raise SessionStateError(
+                "DbSession is already running a statement; a session is not safe to "
+                "share between tasks, give each task its own DbSession"
+            )
+        if self._interruption is not None:
+            raise SessionStateError(
+                f"a statement of this DbSession was interrupted ({self._interrupted_statement}); "
+                "its connection is discarded and nothing will be committed: start a new "
+                "DbSession"
+            )
+        if self._failure is not None:
+            raise RollbackOnlyError(
+                f"DbSession is rollback-only after an earlier error ({self._failure}); "
+                "start a new DbSession, or use session.savepoint() for expected failures",
+                errno=self._failure.errno,
+                sqlstate=self._failure.sqlstate,
+            ) from self._failure
+
+    def _interrupt(self, exc: BaseException, statement: Statement) -> None:
+        if self._interruption is None:
+            self._interruption = exc
+            self._interrupted_statement = f"{type(exc).__name__} during {describe(statement)!r}"
+
+    def _classify(self, exc: BaseException, *, nowait: bool = False) -> ClassifiedError:
+        """Classify an error from SQLAlchemy or from the driver itself."""
+        if isinstance(exc, sa_exc.SQLAlchemyError):
+            return self.dialect.classify_exception(exc, nowait=nowait)
+        return self.dialect.classify_driver_exception(exc, nowait=nowait)
+
+    def _failed(self, info: ClassifiedError, tolerate: ErrorKind | None) -> DatabaseError:
+        error = self.dialect.build_error(info)
+        if info.kind is ErrorKind.DISCONNECT:
+            self._broken = True
+        if info.kind is tolerate and self.dialect.keeps_transaction_usable(info.kind):
+            return error
+        self.fail(error)
+        if self.dialect.aborts_transaction(info.kind):
+            self._transaction_lost = True
+        return error
+
+    def _connect_error(self, exc: Exception) -> DatabaseError:
+        if isinstance(exc, sa_exc.TimeoutError):  # the pool's own limit, not the server
+            return DatabaseUnavailableError(
+                f"no connection of the engine's pool became free in time ({exc}); raise "
+                "pool_size / max_overflow, or run fewer sessions at once"
+            )
+        url = self.engine.url.render_as_string(hide_password=True)
+        return self.dialect.build_connect_error(self._classify(exc), url)
+
+    def _sqlalchemy(self) -> AsyncConnection:
+        assert self._conn is not None
+        return self._conn.sqlalchemy()
+
+    # -- deferred writes ---------------------------------------------------------------------
+
+    async def _flush_deferred(self) -> list[int]:
+        pending = self._deferred.take()
+        counts: list[int] = []
+        try:
+            for trip in round_trips(pending):
+                if isinstance(trip, DeferredWrite):
+                    counts.append((await self.run(trip.sql, trip.params)).rowcount)
+                else:
+                    await self._run_rendered(trip, counts)
+        except DatabaseError as error:
+            name_failed_write(error, pending, len(counts))
+            raise
+        return counts
+
+    async def _run_rendered(self, script: list[str], counts: list[int]) -> None:
+        conn = self._conn
+        assert conn is not None
+        executor = conn.executor
+        assert executor is not None
+        conn.direct_used = True
+        await self._guard(
+            lambda: executor.execute_rendered(script, counts), script[0], False, None, True
+        )
+
+    def _can_carry_with_commit(self) -> bool:
+        """Whether the deferred writes can share the COMMIT's round trip: all SQL text on
+        the driver path, within one round trip, SQLAlchemy not holding the transaction."""
+        conn = self._conn
+        return (
+            conn is not None
+            and conn.executor is not None
+            and conn.sqlalchemy_connection is None
+            and self._deferred.fits_one_trip()
+        )
+
+    # -- the end ---------------------------------------------------------------------------------
+
+    def _refusal(self) -> RollbackOnlyError | None:
+        """Why a block that ended without an exception cannot be committed, or None."""
+        if self._failure is not None:
+            cause: BaseException = self._failure
+            message = f"the session is rollback-only after an earlier error ({self._failure})"
+        elif self._interruption is not None:
+            cause = self._interruption
+            message = (
+                f"a statement was interrupted ({self._interrupted_statement}) and the "
+                "connection discarded with the transaction"
+            )
+        elif self._broken or (self._conn is not None and not self._conn.valid):
+            cause = DatabaseUnavailableError("the connection was invalidated")
+            message = "the session's connection was lost or invalidated"
+        else:
+            return None
+        refusal = RollbackOnlyError(
+            f"commit refused: {message}; nothing was committed. Run the unit of work again "
+            "in a new DbSession",
+            errno=getattr(cause, "errno", None),
+            sqlstate=getattr(cause, "sqlstate", None),
+        )
+        refusal.__cause__ = cause
+        return refusal
+
+    async def _finish(self, *, body_failed: bool, carried: Sequence[DeferredWrite] = ()) -> None:
+        """End the transaction, reset the connection, return it. Runs in its own task (see
+        run_to_completion). Raises only what the caller must see: a refused, failed or
+        unknown commit."""
+        self._state = _State.CLOSING
+        self._deferred.take()  # sent with the COMMIT (``carried``), or dropped
+        refusal = None if body_failed else self._refusal()
+        outcome, label = TransactionOutcome.ROLLED_BACK, "rolled_back"
+        conn = self._conn
+        try:
+            if conn is None:
+                return
+            if self._interruption is not None or self._broken or not conn.valid:
+                await self._discard("interrupted" if self._interruption else "disconnected")
+            elif body_failed or refusal is not None:
+                await self._rollback()
+            else:
+                label = "commit_failed"
+                await self._commit(carried)
+                outcome, label = TransactionOutcome.COMMITTED, "committed"
+            if refusal is not None:
+                raise refusal
+        except CommitOutcomeUnknownError:
+            outcome, label = TransactionOutcome.UNKNOWN, "commit_unknown"
+            raise
+        finally:
+            self.outcome = outcome
+            try:
+                if conn is not None:
+                    await self._reset_connection(conn)
+                    await self._release(conn)
+            finally:
+                self._state = _State.CLOSED
+                self.metrics.inc("transactions", self.operation, label)
+                self.metrics.observe(
+                    "transaction_seconds", time.perf_counter() - self._started, self.operation
+                )
+
+    async def _commit(self, carried: Sequence[DeferredWrite]) -> None:
+        """COMMIT, preceded in the same round trip by the ``carried`` deferred writes: that
+        round trip is then the commit, bounded and not interruptible like it."""
+        conn = self._conn
+        assert conn is not None
+        counts: list[int] = []
+        try:
+            async with asyncio.timeout(self._cleanup_timeout):
+                if carried:
+                    assert conn.executor is not None
+                    conn.direct_used = True
+                    script = [item.rendered for item in carried if item.rendered is not None]
+                    await conn.executor.execute_rendered(script, counts, then_commit=True)
+                else:
+                    await conn.end_transaction(commit=True)
+        except TimeoutError as exc:
+            self._interrupt(exc, "COMMIT")
+            await self._discard("commit_unknown")
+            raise CommitOutcomeUnknownError(
+                f"COMMIT got no answer within {self._cleanup_timeout} s; the transaction "
+                "may or may not have been committed"
+            ) from exc
+        except Exception as exc:
+            info = self._classify(exc)
+            if info.kind is ErrorKind.DISCONNECT or not conn.valid:
+                self._broken = True
+                await self._discard("commit_unknown")
+                raise CommitOutcomeUnknownError(
+                    "the connection was lost during COMMIT; the transaction may or may not "
+                    f"have been committed ({info.server_message})",
+                    errno=info.errno,
+                    sqlstate=info.sqlstate,
+                ) from exc
+            await self._rollback()
+            error = self.dialect.build_error(info)
+            if len(counts) < len(carried):
+                name_failed_write(error, carried, len(counts))
+            raise error from exc
+
+    async def _rollback(self) -> None:
+        conn = self._conn
+        assert conn is not None
+        try:
+            async with asyncio.timeout(self._cleanup_timeout):
+                await conn.end_transaction(commit=False)
+        except Exception as exc:
+            _log.warning("rollback failed, discarding the connection: %r", exc)
+            if isinstance(exc, TimeoutError):
+                self._interrupt(exc, "ROLLBACK")
+            await self._discard("rollback_failed")
+
+    async def _reset_connection(self, conn: PooledConnection) -> None:
+        """Undo what the session changed on the connection, or discard it."""
+        statements = []
+        release = self.dialect.release_advisory_locks_sql()
+        if self._named_locks and release is not None:
+            statements.append(release)
+        if self._restore_sql is not None:
+            statements.append(self._restore_sql)
+        if not statements or not conn.valid:
+            return
+        try:
+            async with asyncio.timeout(self._cleanup_timeout):
+                await conn.run_plain(statements)
+        except Exception as exc:
+            _log.warning("could not reset the connection, discarding it: %r", exc)
+            self._interrupt(exc, "connection reset")
+            await self._discard("reset_failed")
+
+    async def _discard(self, reason: str) -> None:
+        """Invalidate the connection; if a statement may still be running on the server
+        (the session was interrupted), end its server session from another connection."""
+        conn = self._conn
+        assert conn is not None
+        self.metrics.inc("invalidations", reason)
+        await conn.invalidate()
+        if self._interruption is not None and conn.session_id is not None:
+            bound = min(self._cleanup_timeout, KILL_TIMEOUT)
+            killed = await kill_server_session(self.engine, self.dialect, conn.session_id, bound)
+            if killed == KillOutcome.UNREACHABLE:
+                self.server_unreachable = True
+
+    async def _release(self, conn: PooledConnection) -> None:
+        if self._lease is not None:
+            self._lease.server_unreachable = self.server_unreachable
+            await self._lease.release(conn.fairy, conn.sqlalchemy_connection)
+        else:
+            await give_back(conn.fairy, conn.sqlalchemy_connection)

@@ -1,0 +1,141 @@
+"""Driver adapters: statements straight on the driver's native connection, skipping
+SQLAlchemy's per-statement machinery on the hot path. The connection still comes from,
+and goes back to, the engine's pool; these only know the driver, never the session."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
+
+from .rows import Rows
+
+__all__ = ["DriverExecutor", "DriverState", "driver_state"]
+
+
+class DriverExecutor(Protocol):
+    """Statements on one native driver connection, within its current transaction."""
+
+    async def execute(self, query: str, args: Sequence[Any] | dict[str, Any]) -> Rows: ...
+
+    def render(self, query: str, args: Sequence[Any] | dict[str, Any]) -> str | None:
+        """The statement with its parameters inlined exactly as the driver would send it,
+        or None if the connection cannot run several statements in one round trip."""
+        ...
+
+    async def execute_rendered(
+        self, statements: Sequence[str], counts: list[int], *, then_commit: bool = False
+    ) -> None:
+        """Send rendered statements in one round trip (followed by COMMIT if
+        ``then_commit``); append each statement's matched row count to ``counts`` as its
+        result arrives. The server stops at the first failing statement, whose error is
+        raised: ``len(counts)`` is then its index."""
+        ...
+
+    async def commit(self) -> None: ...
+
+    async def rollback(self) -> None: ...
+
+    def in_transaction(self) -> bool | None:
+        """Whether the server reports an open transaction (None: unknown)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class DriverState:
+    """What the library keeps about one DBAPI connection for as long as it lives."""
+
+    #: The server's id for the connection (MySQL thread id, PostgreSQL backend pid), used
+    #: to end a statement left running from another connection; None if unknown.
+    session_id: int | None
+    #: The fast path for SQL text, or None to go through SQLAlchemy.
+    executor: DriverExecutor | None
+    #: Whether SQL text with ``#`` comments is parsed as such by the server (MySQL).
+    hash_comments: bool
+
+
+_STATE_KEY = "safesync_driver_state"
+
+
+def driver_state(connection: PoolProxiedConnection | ConnectionPoolEntry) -> DriverState:
+    """The :class:`DriverState` of a pooled DBAPI connection, built once and kept in its
+    ``info`` (which lives exactly as long as the DBAPI connection)."""
+    info = connection.info
+    state: DriverState | None = info.get(_STATE_KEY)
+    if state is None:
+        state = info[_STATE_KEY] = _inspect(connection.driver_connection)
+    return state
+
+
+def _inspect(driver: object) -> DriverState:
+    module = type(driver).__module__
+    if module.startswith("asyncmy"):
+        thread_id = getattr(driver, "thread_id", None)
+        session_id = thread_id() if callable(thread_id) else None
+        return DriverState(_int_or_none(session_id), AsyncmyExecutor(driver), True)
+    if module.startswith("asyncpg"):
+        get_pid = getattr(driver, "get_server_pid", None)
+        return DriverState(_int_or_none(get_pid() if callable(get_pid) else None), None, False)
+    return DriverState(None, None, False)
+
+
+def _int_or_none(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+_SERVER_STATUS_IN_TRANS = 1
+_CLIENT_MULTI_STATEMENTS = 1 << 16
+# Rendered statements are separated by a line of their own, so that a statement ending
+# in a "-- comment" cannot swallow the separator.
+_STATEMENT_SEPARATOR = "\n;\n"
+
+
+class AsyncmyExecutor:
+    """Statements on a native asyncmy connection (one buffered cursor, format paramstyle)."""
+
+    __slots__ = ("_connection", "_cursor", "_multi_statements")
+
+    def __init__(self, connection: Any) -> None:
+        self._connection = connection
+        self._cursor = connection.cursor()
+        flags = getattr(connection, "_client_flag", 0)
+        self._multi_statements = isinstance(flags, int) and bool(flags & _CLIENT_MULTI_STATEMENTS)
+
+    async def execute(self, query: str, args: Sequence[Any] | dict[str, Any]) -> Rows:
+        cursor = self._cursor
+        await cursor.execute(query, args)
+        description = cursor.description
+        if not description:
+            return Rows(cursor.rowcount, (), (), (cursor.lastrowid,) if cursor.lastrowid else None)
+        rows = await cursor.fetchall()
+        return Rows(cursor.rowcount, tuple(column[0] for column in description), rows)
+
+    def render(self, query: str, args: Sequence[Any] | dict[str, Any]) -> str | None:
+        if not self._multi_statements:
+            return None
+        rendered: str = self._cursor.mogrify(query, args)
+        return rendered.rstrip().rstrip(";")
+
+    async def execute_rendered(
+        self, statements: Sequence[str], counts: list[int], *, then_commit: bool = False
+    ) -> None:
+        cursor = self._cursor
+        script = [*statements, "COMMIT"] if then_commit else statements
+        await cursor.execute(_STATEMENT_SEPARATOR.join(script))
+        counts.append(cursor.rowcount)
+        while await cursor.nextset():
+            counts.append(cursor.rowcount)
+        if then_commit:
+            counts.pop()  # the COMMIT's
+
+    async def commit(self) -> None:
+        await self._connection.commit()
+
+    async def rollback(self) -> None:
+        await self._connection.rollback()
+
+    def in_transaction(self) -> bool | None:
+        status = getattr(self._connection, "server_status", None)
+        return bool(status & _SERVER_STATUS_IN_TRANS) if isinstance(status, int) else None
