@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
@@ -23,12 +24,63 @@ from sqlalchemy.util import greenlet_spawn
 from ._drivers import DriverExecutor, driver_state
 from .dialects import Dialect, ErrorKind
 
-__all__ = ["KillOutcome", "PooledConnection", "give_back", "kill_server_session"]
+if TYPE_CHECKING:
+    from .lease import ConnectionLease
+
+__all__ = [
+    "Connector",
+    "KillOutcome",
+    "PooledConnection",
+    "Savepoint",
+    "SessionConnection",
+    "give_back",
+    "kill_server_session",
+]
 
 _log = logging.getLogger("safesync_async.db.session")
 
 # Bound on killing, from another connection, a statement left running by an interruption.
 KILL_TIMEOUT = 2.0
+
+
+class Savepoint(Protocol):
+    """A nested transaction in progress."""
+
+    async def commit(self) -> None: ...
+
+    async def rollback(self) -> None: ...
+
+
+class SessionConnection(Protocol):
+    """What a session needs of its connection (a seam: unit tests pass a fake)."""
+
+    executor: DriverExecutor | None
+    session_id: int | None
+    direct_used: bool
+
+    @property
+    def sqlalchemy_connection(self) -> AsyncConnection | None: ...
+
+    def sqlalchemy(self) -> AsyncConnection: ...
+
+    @property
+    def valid(self) -> bool: ...
+
+    async def end_transaction(self, *, commit: bool) -> None: ...
+
+    async def begin_savepoint(self) -> Savepoint: ...
+
+    async def run_plain(self, statements: Sequence[str]) -> None: ...
+
+    async def invalidate(self) -> None: ...
+
+    async def release(self, lease: ConnectionLease | None) -> None: ...
+
+    async def kill_server_session(self, dialect: Dialect, bound: float) -> str: ...
+
+
+#: Checks a connection out for a session: the engine's pool or the lease.
+Connector = Callable[[AsyncEngine, "ConnectionLease | None"], Awaitable[SessionConnection]]
 
 
 class PooledConnection:
@@ -48,10 +100,14 @@ class PooledConnection:
         self._sa_conn: AsyncConnection | None = None
 
     @classmethod
-    async def checkout(cls, engine: AsyncEngine) -> PooledConnection:
-        """A connection from the engine's pool (the pool's own events and liveness check
-        run; no SQLAlchemy Connection is built unless a construct is executed)."""
-        fairy = await greenlet_spawn(engine.sync_engine.raw_connection)
+    async def checkout(cls, engine: AsyncEngine, lease: ConnectionLease | None) -> PooledConnection:
+        """A connection from the lease, or from the engine's pool (the pool's own events
+        and liveness check run; no SQLAlchemy Connection is built unless a construct is
+        executed)."""
+        if lease is not None:
+            fairy = await lease.checkout()
+        else:
+            fairy = await greenlet_spawn(engine.sync_engine.raw_connection)
         return cls(engine, fairy)
 
     @property
@@ -81,6 +137,10 @@ class PooledConnection:
         elif self.executor is not None and self.direct_used:
             await (self.executor.commit() if commit else self.executor.rollback())
 
+    async def begin_savepoint(self) -> Savepoint:
+        """SAVEPOINT, through SQLAlchemy (which names and tracks it)."""
+        return await self.sqlalchemy().begin_nested()
+
     async def run_plain(self, statements: Sequence[str]) -> None:
         """Run statements without parameters (settings, lock release), then end the
         transaction they may have opened."""
@@ -101,6 +161,19 @@ class PooledConnection:
                 await self._sa_conn.invalidate()
             else:
                 await greenlet_spawn(self.fairy.invalidate)
+
+    async def release(self, lease: ConnectionLease | None) -> None:
+        """Back to the lease (which keeps it if healthy) or to the pool."""
+        if lease is not None:
+            await lease.release(self.fairy, self._sa_conn)
+        else:
+            await give_back(self.fairy, self._sa_conn)
+
+    async def kill_server_session(self, dialect: Dialect, bound: float) -> str:
+        """End this connection's server session from outside (see kill_server_session)."""
+        if self.session_id is None:
+            return KillOutcome.FAILED
+        return await kill_server_session(self.engine, dialect, self.session_id, bound)
 
 
 async def give_back(fairy: PoolProxiedConnection, sa_conn: AsyncConnection | None) -> None:

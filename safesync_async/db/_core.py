@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TypeVar
@@ -19,19 +18,14 @@ from typing import TypeVar
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Dialect as SADialect
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-from sqlalchemy.util import greenlet_spawn
 
 from .._shield import run_to_completion
-from ..errors import (
-    CommitOutcomeUnknownError,
-    DatabaseError,
-    DatabaseUnavailableError,
-    RollbackOnlyError,
-    SessionStateError,
-)
+from ..errors import DatabaseError, DatabaseUnavailableError, RollbackOnlyError, SessionStateError
 from ..metrics import Metrics
-from ._connection import KILL_TIMEOUT, KillOutcome, PooledConnection, give_back, kill_server_session
+from ._connection import Connector, PooledConnection, SessionConnection
 from ._deferred import DeferredQueue, DeferredWrite, name_failed_write, round_trips
+from ._ending import TransactionEnd
+from ._state import TransactionOutcome, TransactionState
 from ._statements import Params, Statement, check_deferrable, describe, driver_query, executable
 from .dialects import ClassifiedError, Dialect, ErrorKind
 from .lease import ConnectionLease
@@ -39,21 +33,10 @@ from .rows import Rows
 
 __all__ = ["TransactionCore", "TransactionOutcome"]
 
-_log = logging.getLogger("safesync_async.db.session")
 _T = TypeVar("_T")
 
 
-class TransactionOutcome(enum.Enum):
-    """How a :class:`~safesync_async.DbSession`'s transaction ended (``session.outcome``),
-    known even when the task was cancelled meanwhile."""
-
-    OPEN = "open"  #: not ended yet
-    COMMITTED = "committed"  #: the server confirmed the COMMIT
-    ROLLED_BACK = "rolled_back"  #: rolled back or never committed: nothing persisted
-    UNKNOWN = "unknown"  #: COMMIT sent and no answer: it may or may not have persisted
-
-
-class _State(enum.Enum):
+class _Phase(enum.Enum):
     NEW = "new"
     ACTIVE = "active"
     CLOSING = "closing"
@@ -82,31 +65,23 @@ class TransactionCore:
         cleanup_timeout: float,
         metrics: Metrics,
         lease: ConnectionLease | None,
+        connector: Connector = PooledConnection.checkout,
     ) -> None:
         self.engine = engine
         self.dialect = dialect
         self.sa_dialect: SADialect = engine.dialect
         self.operation = operation
         self.metrics = metrics
-        #: How the transaction ended (OPEN until then).
-        self.outcome = TransactionOutcome.OPEN
-        #: Whether, cleaning up after an interrupted statement, the server could not be
-        #: reached even from a new connection (the database failed, not the caller).
-        self.server_unreachable = False
         self._lease = lease
+        self._connector = connector
         self._setup_sql = setup_sql
         self._restore_sql = restore_sql
         self._cleanup_timeout = cleanup_timeout
-        self._state = _State.NEW
-        self._conn: PooledConnection | None = None
+        self._phase = _Phase.NEW
+        self._state = TransactionState()
+        self._conn: SessionConnection | None = None
         self._deferred = DeferredQueue()
-        self._failure: DatabaseError | None = None
-        self._interruption: BaseException | None = None
-        self._interrupted_statement = ""
-        self._broken = False
-        self._transaction_lost = False
         self._busy = False
-        self._named_locks = False
         self._started = 0.0
 
     # -- for the primitives -------------------------------------------------------------
@@ -118,42 +93,48 @@ class TransactionCore:
 
     def fail(self, error: DatabaseError) -> None:
         """Make the session rollback-only because of ``error`` (the first one is kept)."""
-        if self._failure is None:
-            self._failure = error
+        self._state.fail(error)
 
     def note_named_lock(self) -> None:
         """A named lock that outlives the transaction may be held: release it at the end."""
-        self._named_locks = True
+        self._state.named_locks = True
 
     @property
     def rollback_only(self) -> bool:
-        return self._failure is not None or self._interruption is not None or self._broken
+        return self._state.rollback_only
+
+    @property
+    def outcome(self) -> TransactionOutcome:
+        """How the transaction ended (OPEN until then)."""
+        return self._state.outcome
+
+    @property
+    def server_unreachable(self) -> bool:
+        """Whether, cleaning up after an interrupted statement, the server could not be
+        reached even from a new connection (the database failed, not the caller)."""
+        return self._state.server_unreachable
 
     # -- lifecycle ---------------------------------------------------------------------
 
     async def open(self) -> None:
         """Check a connection out (or take the lease's) and run the setup statements."""
-        if self._state is not _State.NEW:
+        if self._phase is not _Phase.NEW:
             raise SessionStateError(
                 "this DbSession was already entered; create a new DbSession for each "
                 "transaction (sessions cannot be nested or reused)"
             )
-        self._state = _State.ACTIVE
+        self._phase = _Phase.ACTIVE
         self._started = time.perf_counter()
         try:
-            if self._lease is not None:
-                fairy = await self._lease.checkout()
-            else:
-                fairy = await greenlet_spawn(self.engine.sync_engine.raw_connection)
+            self._conn = await self._connector(self.engine, self._lease)
         except Exception as exc:
-            self._state = _State.CLOSED
-            self.outcome = TransactionOutcome.ROLLED_BACK
+            self._phase = _Phase.CLOSED
+            self._state.outcome = TransactionOutcome.ROLLED_BACK
             raise self._connect_error(exc) from exc
         except BaseException:
-            self._state = _State.CLOSED
-            self.outcome = TransactionOutcome.ROLLED_BACK
+            self._phase = _Phase.CLOSED
+            self._state.outcome = TransactionOutcome.ROLLED_BACK
             raise
-        self._conn = PooledConnection(self.engine, fairy)
         try:
             for sql in self._setup_sql:
                 await self.run(sql)
@@ -166,10 +147,10 @@ class TransactionCore:
         raise if a clean block cannot be committed. Cleanup runs to completion even when
         the task is cancelled; the cancellation is re-raised after it, with a note saying
         how the transaction ended."""
-        if self._state is not _State.ACTIVE:
+        if self._phase is not _Phase.ACTIVE:
             return
         carried: list[DeferredWrite] = []
-        if body_error is None and self._deferred and not self.rollback_only:
+        if body_error is None and self._deferred and not self._state.rollback_only:
             if self._can_carry_with_commit():
                 carried = self._deferred.take()
             else:
@@ -258,7 +239,7 @@ class TransactionCore:
         deferred are dropped, not sent) and the session stays usable, unless the error
         ended the whole transaction on the server."""
         nested = await self._guard(
-            lambda: self._sqlalchemy().begin_nested(), "SAVEPOINT", False, None, native=False
+            lambda: self._active().begin_savepoint(), "SAVEPOINT", False, None, native=False
         )
         mark = self._deferred.mark()
         try:
@@ -266,15 +247,16 @@ class TransactionCore:
             await self.flush()  # writes deferred inside the savepoint belong to it
         except Exception:
             self._deferred.drop_since(mark)
-            if self._transaction_lost or self._interruption is not None or self._broken:
+            state = self._state
+            if state.transaction_lost or state.interruption is not None or state.broken:
                 raise
-            failure, self._failure = self._failure, None
+            failure, state.failure = state.failure, None
             try:
                 await run_to_completion(
                     self._guard(nested.rollback, "ROLLBACK TO SAVEPOINT", False, None, False)
                 )
             except BaseException:
-                self._failure = self._failure or failure
+                state.failure = state.failure or failure
                 raise
             raise
         else:
@@ -308,13 +290,13 @@ class TransactionCore:
         except BaseException as exc:
             # Cancelled or timed out mid-statement: the reply may still be on the wire and
             # the statement may still run on the server: the connection cannot be trusted.
-            self._interrupt(exc, statement)
+            self._state.interrupt(exc, statement)
             raise
         finally:
             self._busy = False
 
     def _check_usable(self) -> None:
-        if self._state is not _State.ACTIVE or self._conn is None:
+        if self._phase is not _Phase.ACTIVE or self._conn is None:
             raise SessionStateError(
                 "DbSession is not active; use it inside 'async with DbSession(engine) as s'"
             )
@@ -323,24 +305,20 @@ class TransactionCore:
                 "DbSession is already running a statement; a session is not safe to "
                 "share between tasks, give each task its own DbSession"
             )
-        if self._interruption is not None:
+        state = self._state
+        if state.interruption is not None:
             raise SessionStateError(
-                f"a statement of this DbSession was interrupted ({self._interrupted_statement}); "
+                f"a statement of this DbSession was interrupted ({state.interrupted_statement}); "
                 "its connection is discarded and nothing will be committed: start a new "
                 "DbSession"
             )
-        if self._failure is not None:
+        if state.failure is not None:
             raise RollbackOnlyError(
-                f"DbSession is rollback-only after an earlier error ({self._failure}); "
+                f"DbSession is rollback-only after an earlier error ({state.failure}); "
                 "start a new DbSession, or use session.savepoint() for expected failures",
-                errno=self._failure.errno,
-                sqlstate=self._failure.sqlstate,
-            ) from self._failure
-
-    def _interrupt(self, exc: BaseException, statement: Statement) -> None:
-        if self._interruption is None:
-            self._interruption = exc
-            self._interrupted_statement = f"{type(exc).__name__} during {describe(statement)!r}"
+                errno=state.failure.errno,
+                sqlstate=state.failure.sqlstate,
+            ) from state.failure
 
     def _classify(self, exc: BaseException, *, nowait: bool = False) -> ClassifiedError:
         """Classify an error from SQLAlchemy or from the driver itself."""
@@ -351,13 +329,18 @@ class TransactionCore:
     def _failed(self, info: ClassifiedError, tolerate: ErrorKind | None) -> DatabaseError:
         error = self.dialect.build_error(info)
         if info.kind is ErrorKind.DISCONNECT:
-            self._broken = True
+            self._state.broken = True
         if info.kind is tolerate and self.dialect.keeps_transaction_usable(info.kind):
             return error
-        self.fail(error)
+        self._state.fail(error)
         if self.dialect.aborts_transaction(info.kind):
-            self._transaction_lost = True
+            self._state.transaction_lost = True
         return error
+
+    def _active(self) -> SessionConnection:
+        """The connection, for calls already admitted by _check_usable."""
+        assert self._conn is not None
+        return self._conn
 
     def _connect_error(self, exc: Exception) -> DatabaseError:
         if isinstance(exc, sa_exc.TimeoutError):  # the pool's own limit, not the server
@@ -367,10 +350,6 @@ class TransactionCore:
             )
         url = self.engine.url.render_as_string(hide_password=True)
         return self.dialect.build_connect_error(self._classify(exc), url)
-
-    def _sqlalchemy(self) -> AsyncConnection:
-        assert self._conn is not None
-        return self._conn.sqlalchemy()
 
     # -- deferred writes ---------------------------------------------------------------------
 
@@ -409,156 +388,27 @@ class TransactionCore:
             and self._deferred.fits_one_trip()
         )
 
-    # -- the end ---------------------------------------------------------------------------------
-
-    def _refusal(self) -> RollbackOnlyError | None:
-        """Why a block that ended without an exception cannot be committed, or None."""
-        if self._failure is not None:
-            cause: BaseException = self._failure
-            message = f"the session is rollback-only after an earlier error ({self._failure})"
-        elif self._interruption is not None:
-            cause = self._interruption
-            message = (
-                f"a statement was interrupted ({self._interrupted_statement}) and the "
-                "connection discarded with the transaction"
-            )
-        elif self._broken or (self._conn is not None and not self._conn.valid):
-            cause = DatabaseUnavailableError("the connection was invalidated")
-            message = "the session's connection was lost or invalidated"
-        else:
-            return None
-        refusal = RollbackOnlyError(
-            f"commit refused: {message}; nothing was committed. Run the unit of work again "
-            "in a new DbSession",
-            errno=getattr(cause, "errno", None),
-            sqlstate=getattr(cause, "sqlstate", None),
-        )
-        refusal.__cause__ = cause
-        return refusal
+    # -- the end ---------------------------------------------------------------------------
 
     async def _finish(self, *, body_failed: bool, carried: Sequence[DeferredWrite] = ()) -> None:
-        """End the transaction, reset the connection, return it. Runs in its own task (see
-        run_to_completion). Raises only what the caller must see: a refused, failed or
-        unknown commit."""
-        self._state = _State.CLOSING
+        """End the transaction and give the connection back. Runs in its own task (see
+        run_to_completion)."""
+        self._phase = _Phase.CLOSING
         self._deferred.take()  # sent with the COMMIT (``carried``), or dropped
-        refusal = None if body_failed else self._refusal()
-        outcome, label = TransactionOutcome.ROLLED_BACK, "rolled_back"
-        conn = self._conn
         try:
-            if conn is None:
+            if self._conn is None:
                 return
-            if self._interruption is not None or self._broken or not conn.valid:
-                await self._discard("interrupted" if self._interruption else "disconnected")
-            elif body_failed or refusal is not None:
-                await self._rollback()
-            else:
-                label = "commit_failed"
-                await self._commit(carried)
-                outcome, label = TransactionOutcome.COMMITTED, "committed"
-            if refusal is not None:
-                raise refusal
-        except CommitOutcomeUnknownError:
-            outcome, label = TransactionOutcome.UNKNOWN, "commit_unknown"
-            raise
+            ending = TransactionEnd(
+                self._conn,
+                self._state,
+                self.dialect,
+                cleanup_timeout=self._cleanup_timeout,
+                restore_sql=self._restore_sql,
+                lease=self._lease,
+                metrics=self.metrics,
+                operation=self.operation,
+                started=self._started,
+            )
+            await ending.finish(body_failed=body_failed, carried=carried)
         finally:
-            self.outcome = outcome
-            try:
-                if conn is not None:
-                    await self._reset_connection(conn)
-                    await self._release(conn)
-            finally:
-                self._state = _State.CLOSED
-                self.metrics.inc("transactions", self.operation, label)
-                self.metrics.observe(
-                    "transaction_seconds", time.perf_counter() - self._started, self.operation
-                )
-
-    async def _commit(self, carried: Sequence[DeferredWrite]) -> None:
-        """COMMIT, preceded in the same round trip by the ``carried`` deferred writes: that
-        round trip is then the commit, bounded and not interruptible like it."""
-        conn = self._conn
-        assert conn is not None
-        counts: list[int] = []
-        try:
-            async with asyncio.timeout(self._cleanup_timeout):
-                if carried:
-                    assert conn.executor is not None
-                    conn.direct_used = True
-                    script = [item.rendered for item in carried if item.rendered is not None]
-                    await conn.executor.execute_rendered(script, counts, then_commit=True)
-                else:
-                    await conn.end_transaction(commit=True)
-        except TimeoutError as exc:
-            self._interrupt(exc, "COMMIT")
-            await self._discard("commit_unknown")
-            raise CommitOutcomeUnknownError(
-                f"COMMIT got no answer within {self._cleanup_timeout} s; the transaction "
-                "may or may not have been committed"
-            ) from exc
-        except Exception as exc:
-            info = self._classify(exc)
-            if info.kind is ErrorKind.DISCONNECT or not conn.valid:
-                self._broken = True
-                await self._discard("commit_unknown")
-                raise CommitOutcomeUnknownError(
-                    "the connection was lost during COMMIT; the transaction may or may not "
-                    f"have been committed ({info.server_message})",
-                    errno=info.errno,
-                    sqlstate=info.sqlstate,
-                ) from exc
-            await self._rollback()
-            error = self.dialect.build_error(info)
-            if len(counts) < len(carried):
-                name_failed_write(error, carried, len(counts))
-            raise error from exc
-
-    async def _rollback(self) -> None:
-        conn = self._conn
-        assert conn is not None
-        try:
-            async with asyncio.timeout(self._cleanup_timeout):
-                await conn.end_transaction(commit=False)
-        except Exception as exc:
-            _log.warning("rollback failed, discarding the connection: %r", exc)
-            if isinstance(exc, TimeoutError):
-                self._interrupt(exc, "ROLLBACK")
-            await self._discard("rollback_failed")
-
-    async def _reset_connection(self, conn: PooledConnection) -> None:
-        """Undo what the session changed on the connection, or discard it."""
-        statements = []
-        release = self.dialect.release_advisory_locks_sql()
-        if self._named_locks and release is not None:
-            statements.append(release)
-        if self._restore_sql is not None:
-            statements.append(self._restore_sql)
-        if not statements or not conn.valid:
-            return
-        try:
-            async with asyncio.timeout(self._cleanup_timeout):
-                await conn.run_plain(statements)
-        except Exception as exc:
-            _log.warning("could not reset the connection, discarding it: %r", exc)
-            self._interrupt(exc, "connection reset")
-            await self._discard("reset_failed")
-
-    async def _discard(self, reason: str) -> None:
-        """Invalidate the connection; if a statement may still be running on the server
-        (the session was interrupted), end its server session from another connection."""
-        conn = self._conn
-        assert conn is not None
-        self.metrics.inc("invalidations", reason)
-        await conn.invalidate()
-        if self._interruption is not None and conn.session_id is not None:
-            bound = min(self._cleanup_timeout, KILL_TIMEOUT)
-            killed = await kill_server_session(self.engine, self.dialect, conn.session_id, bound)
-            if killed == KillOutcome.UNREACHABLE:
-                self.server_unreachable = True
-
-    async def _release(self, conn: PooledConnection) -> None:
-        if self._lease is not None:
-            self._lease.server_unreachable = self.server_unreachable
-            await self._lease.release(conn.fairy, conn.sqlalchemy_connection)
-        else:
-            await give_back(conn.fairy, conn.sqlalchemy_connection)
+            self._phase = _Phase.CLOSED

@@ -12,8 +12,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from .._validation import check_seconds
 from ..errors import ConfigurationError, MultipleRowsError
 from ..metrics import DEFAULT_REGISTRY, RegistryArg, metrics_for
-from ._core import TransactionCore, TransactionOutcome
+from ._core import TransactionCore
 from ._deferred import MAX_DEFERRED
+from ._state import TransactionOutcome
 from ._statements import Params, Statement
 from .dialects import Dialect, dialect_for
 from .lease import ConnectionLease
