@@ -101,7 +101,7 @@ async def test_caught_statement_error_refuses_the_commit(
 @pytest.mark.parametrize(
     "keys",
     [
-        [b"Order-1", b"order-1", b"k1", b"k1 ", "cafe".encode(), "café".encode()],
+        [b"Order-1", b"order-1", b"k1", b"k1 ", b"cafe", "café".encode()],
         [b"\xff", b"\xfe", b"\xff\xfe", "ǅ".encode(), "Ǆ".encode(), b"a" * 300, b"a" * 301],
     ],
     ids=["case-pad-accent", "non-utf8-long"],
@@ -184,8 +184,8 @@ async def test_connect_errors_name_the_phase_server_and_url(backend: Backend) ->
     """Failing to connect says so, names the server and the URL without its password, says
     what to check, and is an outage (not the statement's fault)."""
     url = backend.url.replace("/test", "/safesync_no_such_database")
-    user_url = url.replace("://", "://nobody:s3cret-pw@", 1).replace("root@", "").replace(
-        "postgres@", ""
+    user_url = (
+        url.replace("://", "://nobody:s3cret-pw@", 1).replace("root@", "").replace("postgres@", "")
     )
     for bad_url, hint in ((url, "does not exist"), (user_url, "")):
         engine = create_engine(bad_url, ping_after=None)
@@ -363,9 +363,7 @@ async def test_failed_savepoint_drops_its_deferred_writes(
         "   ",
     ],
 )
-async def test_defer_takes_only_one_data_changing_statement(
-    engine: AsyncEngine, sql: str
-) -> None:
+async def test_defer_takes_only_one_data_changing_statement(engine: AsyncEngine, sql: str) -> None:
     """defer() refuses statements that are not one INSERT/UPDATE/DELETE/REPLACE/MERGE, so a
     deferred statement can never change how the server parses the parameters of the
     deferred statements after it; the session stays usable."""
