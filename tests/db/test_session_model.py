@@ -127,7 +127,7 @@ async def _savepoint(core: TransactionCore, op: Op, run: Run) -> None:
         # A failure inside, not caught there, left the savepoint: it was rolled back (or
         # the failure ended the whole transaction); the block catches it and goes on.
         if body_done and op.savepoint_raises:
-            raise AssertionError(f"{exc!r} replaced the block's own error")
+            raise AssertionError(f"{exc!r} replaced the block's own error") from exc
         del run.expected[mark:]
         run.doomed = run.doomed or _dooming(exc)
 

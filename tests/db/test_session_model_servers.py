@@ -219,7 +219,7 @@ class SessionModel(RuleBasedStateMachine):
             del block.expected[mark:]
         except (DatabaseError, TimeoutError) as exc:
             if body_done and op.savepoint_raises:
-                raise AssertionError(f"{exc!r} replaced the block's own error")
+                raise AssertionError(f"{exc!r} replaced the block's own error") from exc
             del block.expected[mark:]
             if isinstance(exc, DatabaseDisconnectError) or not isinstance(exc, DatabaseError):
                 block.doomed = True
