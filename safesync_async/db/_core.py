@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -284,7 +285,11 @@ class TransactionCore:
             return await call()
         except Exception as exc:
             if native or isinstance(exc, sa_exc.SQLAlchemyError):
-                raise self._failed(self._classify(exc, nowait=nowait), tolerate) from exc
+                info = self._classify(exc, nowait=nowait)
+                executor = self._conn.executor if self._conn is not None else None
+                if native and executor is not None and executor.is_closed():
+                    info = dataclasses.replace(info, kind=ErrorKind.DISCONNECT)
+                raise self._failed(info, tolerate) from exc
             self.fail(DatabaseError(f"{describe(statement)!r} raised {exc!r}"))
             raise
         except BaseException as exc:

@@ -4,6 +4,8 @@ and goes back to, the engine's pool; these only know the driver, never the sessi
 
 from __future__ import annotations
 
+import collections
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -42,6 +44,10 @@ class DriverExecutor(Protocol):
         """Whether the server reports an open transaction (None: unknown)."""
         ...
 
+    def is_closed(self) -> bool:
+        """Whether the connection is known to be closed (after an error: it was lost)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class DriverState:
@@ -52,8 +58,6 @@ class DriverState:
     session_id: int | None
     #: The fast path for SQL text, or None to go through SQLAlchemy.
     executor: DriverExecutor | None
-    #: Whether SQL text with ``#`` comments is parsed as such by the server (MySQL).
-    hash_comments: bool
 
 
 _STATE_KEY = "safesync_driver_state"
@@ -65,20 +69,24 @@ def driver_state(connection: PoolProxiedConnection | ConnectionPoolEntry) -> Dri
     info = connection.info
     state: DriverState | None = info.get(_STATE_KEY)
     if state is None:
-        state = info[_STATE_KEY] = _inspect(connection.driver_connection)
+        state = info[_STATE_KEY] = _inspect(
+            connection.dbapi_connection, connection.driver_connection
+        )
     return state
 
 
-def _inspect(driver: object) -> DriverState:
+def _inspect(adapter: object, driver: object) -> DriverState:
+    """``adapter``: SQLAlchemy's DBAPI adaptation of the driver connection ``driver``."""
     module = type(driver).__module__
     if module.startswith("asyncmy"):
         thread_id = getattr(driver, "thread_id", None)
         session_id = thread_id() if callable(thread_id) else None
-        return DriverState(_int_or_none(session_id), AsyncmyExecutor(driver), True)
+        return DriverState(_int_or_none(session_id), AsyncmyExecutor(driver))
     if module.startswith("asyncpg"):
         get_pid = getattr(driver, "get_server_pid", None)
-        return DriverState(_int_or_none(get_pid() if callable(get_pid) else None), None, False)
-    return DriverState(None, None, False)
+        session_id = _int_or_none(get_pid() if callable(get_pid) else None)
+        return DriverState(session_id, AsyncpgExecutor.for_adapter(adapter, driver))
+    return DriverState(None, None)
 
 
 def _int_or_none(value: object) -> int | None:
@@ -139,3 +147,86 @@ class AsyncmyExecutor:
     def in_transaction(self) -> bool | None:
         status = getattr(self._connection, "server_status", None)
         return bool(status & _SERVER_STATUS_IN_TRANS) if isinstance(status, int) else None
+
+    def is_closed(self) -> bool:
+        return False  # asyncmy reports a lost connection with its own error numbers
+
+
+_STATUS_COUNT = re.compile(r"(?:SELECT|UPDATE|DELETE|MERGE|INSERT \d+) (\d+)")
+_PREPARED_STATEMENTS = 256  # kept per connection, least recently used dropped first
+
+
+class AsyncpgExecutor:
+    """Statements on a native asyncpg connection, as prepared statements kept per
+    connection. The transaction is the one SQLAlchemy's adaptation of the connection
+    tracks (begun the way it begins one, with its isolation settings), so SQLAlchemy
+    constructs, savepoints and the pool's reset share it."""
+
+    __slots__ = ("_adapter", "_connection", "_statements")
+
+    def __init__(self, adapter: Any, connection: Any) -> None:
+        self._adapter = adapter
+        self._connection = connection
+        self._statements: collections.OrderedDict[str, Any] = collections.OrderedDict()
+
+    @classmethod
+    def for_adapter(cls, adapter: Any, connection: Any) -> AsyncpgExecutor | None:
+        """An executor, or None if this SQLAlchemy version adapts asyncpg differently (the
+        session then goes through SQLAlchemy, slower but equivalent)."""
+        if not (hasattr(adapter, "_transaction") and hasattr(adapter, "_start_transaction")):
+            return None
+        return cls(adapter, connection)
+
+    async def execute(self, query: str, args: Sequence[Any] | dict[str, Any]) -> Rows:
+        adapter = self._adapter
+        if adapter._transaction is None:
+            await adapter._start_transaction()
+        statement = self._statements.get(query)
+        if statement is None:
+            statement = await self._connection.prepare(query)
+            self._statements[query] = statement
+            if len(self._statements) > _PREPARED_STATEMENTS:
+                self._statements.popitem(last=False)
+        else:
+            self._statements.move_to_end(query)
+        try:
+            rows = await statement.fetch(*args)
+        except Exception:
+            self._statements.pop(query, None)  # e.g. its plan was invalidated
+            raise
+        found = _STATUS_COUNT.match(statement.get_statusmsg() or "")
+        count = int(found.group(1)) if found else -1
+        attributes = statement.get_attributes()
+        if not attributes:
+            return Rows(count, (), ())
+        return Rows(count, tuple(a.name for a in attributes), [tuple(r) for r in rows])
+
+    def render(self, query: str, args: Sequence[Any] | dict[str, Any]) -> str | None:
+        return None  # parameters are bound by the server: no multi-statement round trips
+
+    async def execute_rendered(
+        self, statements: Sequence[str], counts: list[int], *, then_commit: bool = False
+    ) -> None:
+        raise NotImplementedError("asyncpg statements are never rendered")
+
+    async def commit(self) -> None:
+        await self._end("commit")
+
+    async def rollback(self) -> None:
+        await self._end("rollback")
+
+    async def _end(self, how: str) -> None:
+        adapter = self._adapter
+        transaction = adapter._transaction
+        if transaction is None:
+            return
+        try:
+            await getattr(transaction, how)()
+        finally:
+            adapter._transaction = None
+
+    def in_transaction(self) -> bool | None:
+        return bool(self._connection.is_in_transaction())
+
+    def is_closed(self) -> bool:
+        return bool(self._connection.is_closed())

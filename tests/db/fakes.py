@@ -98,6 +98,9 @@ class FakeExecutor:
     def in_transaction(self) -> bool | None:
         return bool(self._connection.pending)
 
+    def is_closed(self) -> bool:
+        return not self._connection.is_valid
+
 
 class FakeSavepoint:
     def __init__(self, connection: FakeConnection) -> None:

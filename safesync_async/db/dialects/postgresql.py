@@ -73,8 +73,9 @@ class PostgreSQLDialect(Dialect):
             kind = ErrorKind.DISCONNECT if sqlstate.startswith("08") else ErrorKind.OTHER
         if nowait and kind is ErrorKind.LOCK_WAIT_TIMEOUT:
             kind = ErrorKind.LOCK_NOT_AVAILABLE
-        original = getattr(driver_error, "orig", None) or driver_error.__cause__
-        constraint = getattr(original, "constraint_name", None)
+        constraint = None
+        for source in (driver_error, getattr(driver_error, "orig", None), driver_error.__cause__):
+            constraint = constraint or getattr(source, "constraint_name", None)
         return ClassifiedError(kind, None, sqlstate, str(driver_error), constraint)
 
     def aborts_transaction(self, kind: ErrorKind) -> bool:
