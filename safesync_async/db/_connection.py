@@ -144,13 +144,15 @@ class PooledConnection:
     async def run_plain(self, statements: Sequence[str]) -> None:
         """Run statements without parameters (settings, lock release), then end the
         transaction they may have opened."""
+        executor = self.executor
         for sql in statements:
-            if self.executor is not None:
+            if executor is not None:
                 self.direct_used = True
-                await self.executor.execute(sql, ())
+                await executor.execute(sql, ())
             else:
                 await self.sqlalchemy().exec_driver_sql(sql)
-        await self.end_transaction(commit=False)
+        if executor is None or executor.in_transaction() is not False:
+            await self.end_transaction(commit=False)
 
     async def invalidate(self) -> None:
         """Close the DBAPI connection; the pool will not hand it out again."""

@@ -20,6 +20,9 @@ __all__ = ["DriverExecutor", "DriverState", "driver_state"]
 class DriverExecutor(Protocol):
     """Statements on one native driver connection, within its current transaction."""
 
+    #: Whether several statements can be sent in one round trip (see execute_rendered).
+    multi_statements: bool
+
     async def execute(self, query: str, args: Sequence[Any] | dict[str, Any]) -> Rows: ...
 
     def render(self, query: str, args: Sequence[Any] | dict[str, Any]) -> str | None:
@@ -27,13 +30,11 @@ class DriverExecutor(Protocol):
         or None if the connection cannot run several statements in one round trip."""
         ...
 
-    async def execute_rendered(
-        self, statements: Sequence[str], counts: list[int], *, then_commit: bool = False
-    ) -> None:
-        """Send rendered statements in one round trip (followed by COMMIT if
-        ``then_commit``); append each statement's matched row count to ``counts`` as its
-        result arrives. The server stops at the first failing statement, whose error is
-        raised: ``len(counts)`` is then its index."""
+    async def execute_rendered(self, statements: Sequence[str], counts: list[int]) -> None:
+        """Send rendered statements (parameters inlined, or none) in one round trip;
+        append each statement's matched row count to ``counts`` as its result arrives.
+        The server stops at the first failing statement, whose error is raised:
+        ``len(counts)`` is then its index."""
         ...
 
     async def commit(self) -> None: ...
@@ -103,13 +104,13 @@ _STATEMENT_SEPARATOR = "\n;\n"
 class AsyncmyExecutor:
     """Statements on a native asyncmy connection (one buffered cursor, format paramstyle)."""
 
-    __slots__ = ("_connection", "_cursor", "_multi_statements")
+    __slots__ = ("_connection", "_cursor", "multi_statements")
 
     def __init__(self, connection: Any) -> None:
         self._connection = connection
         self._cursor = connection.cursor()
         flags = getattr(connection, "_client_flag", 0)
-        self._multi_statements = isinstance(flags, int) and bool(flags & _CLIENT_MULTI_STATEMENTS)
+        self.multi_statements = isinstance(flags, int) and bool(flags & _CLIENT_MULTI_STATEMENTS)
 
     async def execute(self, query: str, args: Sequence[Any] | dict[str, Any]) -> Rows:
         cursor = self._cursor
@@ -121,22 +122,17 @@ class AsyncmyExecutor:
         return Rows(cursor.rowcount, tuple(column[0] for column in description), rows)
 
     def render(self, query: str, args: Sequence[Any] | dict[str, Any]) -> str | None:
-        if not self._multi_statements:
+        if not self.multi_statements:
             return None
         rendered: str = self._cursor.mogrify(query, args)
         return rendered.rstrip().rstrip(";")
 
-    async def execute_rendered(
-        self, statements: Sequence[str], counts: list[int], *, then_commit: bool = False
-    ) -> None:
+    async def execute_rendered(self, statements: Sequence[str], counts: list[int]) -> None:
         cursor = self._cursor
-        script = [*statements, "COMMIT"] if then_commit else statements
-        await cursor.execute(_STATEMENT_SEPARATOR.join(script))
+        await cursor.execute(_STATEMENT_SEPARATOR.join(statements))
         counts.append(cursor.rowcount)
         while await cursor.nextset():
             counts.append(cursor.rowcount)
-        if then_commit:
-            counts.pop()  # the COMMIT's
 
     async def commit(self) -> None:
         await self._connection.commit()
@@ -163,6 +159,8 @@ class AsyncpgExecutor:
     constructs, savepoints and the pool's reset share it."""
 
     __slots__ = ("_adapter", "_connection", "_statements")
+
+    multi_statements = False
 
     def __init__(self, adapter: Any, connection: Any) -> None:
         self._adapter = adapter
@@ -204,9 +202,7 @@ class AsyncpgExecutor:
     def render(self, query: str, args: Sequence[Any] | dict[str, Any]) -> str | None:
         return None  # parameters are bound by the server: no multi-statement round trips
 
-    async def execute_rendered(
-        self, statements: Sequence[str], counts: list[int], *, then_commit: bool = False
-    ) -> None:
+    async def execute_rendered(self, statements: Sequence[str], counts: list[int]) -> None:
         raise NotImplementedError("asyncpg statements are never rendered")
 
     async def commit(self) -> None:

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from typing import NoReturn
 
 from sqlalchemy import exc as sa_exc
 
@@ -15,6 +16,7 @@ from ..errors import CommitOutcomeUnknownError
 from ..metrics import Metrics
 from ._connection import KILL_TIMEOUT, KillOutcome, SessionConnection
 from ._deferred import DeferredWrite, name_failed_write
+from ._drivers import DriverExecutor
 from ._state import TransactionOutcome, TransactionState
 from .dialects import ClassifiedError, Dialect, ErrorKind
 from .lease import ConnectionLease
@@ -34,7 +36,7 @@ class TransactionEnd:
         "_lease",
         "_metrics",
         "_operation",
-        "_restore_sql",
+        "_reset",
         "_started",
         "_state",
     )
@@ -56,11 +58,17 @@ class TransactionEnd:
         self._state = state
         self._dialect = dialect
         self._cleanup_timeout = cleanup_timeout
-        self._restore_sql = restore_sql
         self._lease = lease
         self._metrics = metrics
         self._operation = operation
         self._started = started
+        #: Statements undoing what the session changed on the connection, until sent.
+        self._reset: list[str] = []
+        release = dialect.release_advisory_locks_sql()
+        if state.named_locks and release is not None:
+            self._reset.append(release)
+        if restore_sql is not None:
+            self._reset.append(restore_sql)
 
     async def finish(self, *, body_failed: bool, carried: Sequence[DeferredWrite]) -> None:
         """Commit after a clean block that may commit, else roll back (or discard a
@@ -95,48 +103,80 @@ class TransactionEnd:
                 self._metrics.inc("transactions", self._operation, label)
                 self._metrics.observe("transaction_seconds", elapsed, self._operation)
 
-    async def _commit(self, carried: Sequence[DeferredWrite]) -> None:
-        """COMMIT, preceded in the same round trip by the ``carried`` deferred writes: that
-        round trip is then the commit, bounded and not interruptible like it."""
+    def _one_trip(self) -> DriverExecutor | None:
+        """The driver executor when the end of the transaction and the statements around it
+        can share one round trip: the driver holds the transaction (SQLAlchemy does not)
+        and takes several statements at once (MySQL/MariaDB with asyncmy)."""
         conn = self._conn
+        executor = conn.executor
+        if executor is None or not executor.multi_statements:
+            return None
+        return executor if conn.sqlalchemy_connection is None else None
+
+    async def _commit(self, carried: Sequence[DeferredWrite]) -> None:
+        """COMMIT; in the same round trip, where the driver allows it, the ``carried``
+        deferred writes before it and the connection's reset after it. That round trip is
+        the commit: bounded, not interruptible, and its outcome unknown if no answer to
+        the COMMIT arrives."""
+        conn = self._conn
+        executor = self._one_trip() if carried or self._reset else None
+        writes = [item.rendered for item in carried if item.rendered is not None]
         counts: list[int] = []
         try:
             async with asyncio.timeout(self._cleanup_timeout):
-                if carried:
-                    assert conn.executor is not None
+                if executor is not None:
                     conn.direct_used = True
-                    script = [item.rendered for item in carried if item.rendered is not None]
-                    await conn.executor.execute_rendered(script, counts, then_commit=True)
+                    await executor.execute_rendered([*writes, "COMMIT", *self._reset], counts)
+                    self._reset = []
                 else:
                     await conn.end_transaction(commit=True)
-        except TimeoutError as exc:
+        except Exception as exc:
+            if len(counts) > len(writes):  # the COMMIT was answered: only the reset failed
+                await self._reset_failed(exc)
+                return
+            await self._commit_failed(exc, carried, counts)
+
+    async def _commit_failed(
+        self, exc: Exception, carried: Sequence[DeferredWrite], counts: list[int]
+    ) -> NoReturn:
+        """Raise what a failed COMMIT round trip means: an unknown outcome if its answer
+        may have been lost, else the error (after rolling back)."""
+        conn = self._conn
+        if isinstance(exc, TimeoutError):
             self._state.interrupt(exc, "COMMIT")
             await self._discard("commit_unknown")
             raise CommitOutcomeUnknownError(
                 f"COMMIT got no answer within {self._cleanup_timeout} s; the transaction "
                 "may or may not have been committed"
             ) from exc
-        except Exception as exc:
-            info = self._classify(exc)
-            if info.kind is ErrorKind.DISCONNECT or not conn.valid:
-                self._state.broken = True
-                await self._discard("commit_unknown")
-                raise CommitOutcomeUnknownError(
-                    "the connection was lost during COMMIT; the transaction may or may not "
-                    f"have been committed ({info.server_message})",
-                    errno=info.errno,
-                    sqlstate=info.sqlstate,
-                ) from exc
-            await self._rollback()
-            error = self._dialect.build_error(info)
-            if len(counts) < len(carried):
-                name_failed_write(error, carried, len(counts))
-            raise error from exc
+        info = self._classify(exc)
+        if info.kind is ErrorKind.DISCONNECT or not conn.valid:
+            self._state.broken = True
+            await self._discard("commit_unknown")
+            raise CommitOutcomeUnknownError(
+                "the connection was lost during COMMIT; the transaction may or may not "
+                f"have been committed ({info.server_message})",
+                errno=info.errno,
+                sqlstate=info.sqlstate,
+            ) from exc
+        await self._rollback()
+        error = self._dialect.build_error(info)
+        if len(counts) < len(carried):
+            name_failed_write(error, carried, len(counts))
+        raise error from exc
 
     async def _rollback(self) -> None:
+        """ROLLBACK (with the connection's reset in the same round trip where possible);
+        a connection that cannot roll back is discarded."""
+        conn = self._conn
+        executor = self._one_trip() if self._reset and conn.direct_used else None
         try:
             async with asyncio.timeout(self._cleanup_timeout):
-                await self._conn.end_transaction(commit=False)
+                if executor is not None:
+                    await executor.execute_rendered(["ROLLBACK", *self._reset], [])
+                    self._reset = []
+                else:
+                    await conn.end_transaction(commit=False)
         except Exception as exc:
             _log.warning("rollback failed, discarding the connection: %r", exc)
             if isinstance(exc, TimeoutError):
@@ -144,23 +184,22 @@ class TransactionEnd:
             await self._discard("rollback_failed")
 
     async def _reset_connection(self) -> None:
-        """Undo what the session changed on the connection (named locks, settings), or
-        discard it."""
-        statements = []
-        release = self._dialect.release_advisory_locks_sql()
-        if self._state.named_locks and release is not None:
-            statements.append(release)
-        if self._restore_sql is not None:
-            statements.append(self._restore_sql)
-        if not statements or not self._conn.valid:
+        """Undo what the session changed on the connection (named locks, settings) if
+        that did not travel with the COMMIT or ROLLBACK, or discard the connection."""
+        if not self._reset or not self._conn.valid:
             return
         try:
             async with asyncio.timeout(self._cleanup_timeout):
-                await self._conn.run_plain(statements)
+                await self._conn.run_plain(self._reset)
         except Exception as exc:
-            _log.warning("could not reset the connection, discarding it: %r", exc)
-            self._state.interrupt(exc, "connection reset")
-            await self._discard("reset_failed")
+            await self._reset_failed(exc)
+
+    async def _reset_failed(self, exc: Exception) -> None:
+        """The reset is in doubt (a named lock may still be held): discard the connection
+        and end its server session, which releases whatever it held."""
+        _log.warning("could not reset the connection, discarding it: %r", exc)
+        self._state.interrupt(exc, "connection reset")
+        await self._discard("reset_failed")
 
     async def _discard(self, reason: str) -> None:
         """Invalidate the connection; if a statement may still be running on the server

@@ -71,6 +71,8 @@ class FakeServer:
 class FakeExecutor:
     """The driver fast path of one fake connection."""
 
+    multi_statements = True
+
     def __init__(self, connection: FakeConnection) -> None:
         self._connection = connection
 
@@ -81,13 +83,16 @@ class FakeExecutor:
     def render(self, query: str, args: Sequence[Any] | dict[str, Any]) -> str | None:
         return query
 
-    async def execute_rendered(
-        self, statements: Sequence[str], counts: list[int], *, then_commit: bool = False
-    ) -> None:
+    async def execute_rendered(self, statements: Sequence[str], counts: list[int]) -> None:
         for statement in statements:
-            counts.append(await self._connection.apply(statement))
-        if then_commit:
-            await self.commit()
+            if statement == "COMMIT":
+                await self.commit()
+                counts.append(0)
+            elif statement == "ROLLBACK":
+                await self.rollback()
+                counts.append(0)
+            else:
+                counts.append(await self._connection.apply(statement))
 
     async def commit(self) -> None:
         await self._connection.commit()

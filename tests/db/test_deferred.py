@@ -56,15 +56,10 @@ def round_trips(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, bool]]:
     original = AsyncmyExecutor.execute_rendered
     original_commit = AsyncmyExecutor.commit
 
-    async def counting(
-        self: AsyncmyExecutor,
-        statements: Sequence[str],
-        counts: list[int],
-        *,
-        then_commit: bool = False,
-    ) -> None:
-        trips.append((len(statements), then_commit))
-        await original(self, statements, counts, then_commit=then_commit)
+    async def counting(self: AsyncmyExecutor, statements: Sequence[str], counts: list[int]) -> None:
+        with_commit = bool(statements) and statements[-1] == "COMMIT"
+        trips.append((len(statements) - with_commit, with_commit))
+        await original(self, statements, counts)
 
     async def commit(self: AsyncmyExecutor) -> None:
         trips.append((0, True))

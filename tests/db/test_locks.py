@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -245,3 +247,68 @@ async def test_tricky_keys_exclude_only_themselves(engine: AsyncEngine, backend:
         for variant in variants:
             assert variant != base
             assert await backend.other_connection_gets(variant) is True
+
+
+@pytest.fixture
+def round_trips(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The statements of every round trip the driver fast path sends (a multi-statement
+    round trip is one entry, its statements joined by ' + ')."""
+    from safesync_async.db._drivers import AsyncmyExecutor, AsyncpgExecutor
+
+    trips: list[str] = []
+    for executor in (AsyncmyExecutor, AsyncpgExecutor):
+        execute, rendered = executor.execute, executor.execute_rendered
+        commit, rollback = executor.commit, executor.rollback
+
+        def wrap_execute(original: Any) -> Any:
+            async def wrapped(self: Any, query: str, args: Any) -> Any:
+                trips.append(query.split("(")[0].strip())
+                return await original(self, query, args)
+
+            return wrapped
+
+        def wrap_rendered(original: Any) -> Any:
+            async def wrapped(self: Any, statements: Any, counts: Any) -> Any:
+                trips.append(" + ".join(s.split("(")[0].strip() for s in statements))
+                return await original(self, statements, counts)
+
+            return wrapped
+
+        def wrap_end(original: Any, name: str) -> Any:
+            async def wrapped(self: Any) -> Any:
+                trips.append(name)
+                return await original(self)
+
+            return wrapped
+
+        monkeypatch.setattr(executor, "execute", wrap_execute(execute))
+        monkeypatch.setattr(executor, "execute_rendered", wrap_rendered(rendered))
+        monkeypatch.setattr(executor, "commit", wrap_end(commit, "COMMIT"))
+        monkeypatch.setattr(executor, "rollback", wrap_end(rollback, "ROLLBACK"))
+    return trips
+
+
+async def test_advisory_lock_release_shares_the_commit_round_trip(
+    engine: AsyncEngine, backend: Backend, round_trips: list[str]
+) -> None:
+    """A session that takes a named lock and commits sends the lock request, its own
+    statements and one round trip for COMMIT and the release (MySQL/MariaDB: COMMIT +
+    RELEASE_ALL_LOCKS together; PostgreSQL releases with the transaction): no separate
+    release or ROLLBACK round trip, and the lock is free afterwards."""
+    key = f"one-trip-{uuid.uuid4().hex}"
+    async with DbSession(engine) as s:
+        await AdvisoryLock(s, key, timeout=1).acquire()
+        await s.execute("SELECT 1")
+    if backend.is_mysql:
+        assert round_trips == ["SELECT GET_LOCK", "SELECT 1", "COMMIT + SELECT RELEASE_ALL_LOCKS"]
+    else:
+        assert round_trips == ["SELECT pg_try_advisory_xact_lock", "SELECT 1", "COMMIT"]
+    assert await backend.other_connection_gets(key)
+    round_trips.clear()
+    with pytest.raises(LookupError):
+        async with DbSession(engine) as s:
+            await AdvisoryLock(s, key, timeout=1).acquire()
+            raise LookupError
+    if backend.is_mysql:
+        assert round_trips == ["SELECT GET_LOCK", "ROLLBACK + SELECT RELEASE_ALL_LOCKS"]
+    assert await backend.other_connection_gets(key)

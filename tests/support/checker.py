@@ -48,9 +48,9 @@ _PENDING_PAGE = 10_000
 
 
 def effect_key(message: QueueMessage[Any]) -> str:
-    """The inbox key of a message as text (hex: exact on every column collation), as the
-    test consumers write it into ``message_key``."""
-    return Inbox.message_key(message).hex()
+    """The inbox key of a message as text (``id:<entry id>`` or ``key:<key>``; bytes that
+    are not UTF-8 escaped), as the test consumers write it into ``message_key``."""
+    return Inbox.message_key(message).decode("utf-8", "backslashreplace")
 
 
 def message_key(stream: str, group: str, entry_id: str, fields: Mapping[bytes, bytes]) -> str:
