@@ -99,13 +99,11 @@ def build_app(safesync: SafeSync) -> FastAPI:
         if body.source == body.target:
             raise HTTPException(422, "source and target must differ")
         wallets = {}
-        # --8<-- [start:lock-order]
         for wallet in sorted((body.source, body.target)):  # one lock order: no deadlocks
             row = await RowLock(session, "example_wallets", {"id": wallet}).acquire()
             if row is None:
                 raise HTTPException(404, f"wallet {wallet} not found")
             wallets[wallet] = row["balance"]
-        # --8<-- [end:lock-order]
         if wallets[body.source] < body.amount:
             raise HTTPException(409, "insufficient funds")
         for wallet, delta in ((body.source, -body.amount), (body.target, body.amount)):
