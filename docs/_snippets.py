@@ -21,6 +21,9 @@ follows the first source's suffix.
     python docs/_snippets.py --check    # change nothing; exit 1 if a block is stale or
                                         # a source (file or section) is missing
 
+A fenced block holding only ``--8<-- "file:section"`` lines (the pymdownx.snippets
+includes the pages used before) is converted into a marked block on the way.
+
 Only the standard library is used, so it runs before anything is installed.
 """
 
@@ -38,6 +41,7 @@ __all__ = [
     "ROOT",
     "Snippet",
     "SnippetError",
+    "convert_includes",
     "find_snippets",
     "main",
     "pages",
@@ -50,6 +54,7 @@ __all__ = [
 ROOT = Path(__file__).resolve().parent.parent
 OPEN = re.compile(r"^(?P<indent>[ \t]*)<!-- snippet: (?P<sources>\S.*?) -->[ \t]*$")
 FENCE = re.compile(r"^[ \t]*(?P<fence>`{3,}|~{3,})(?P<info>.*)$")
+INCLUDE = re.compile(r'^[ \t]*--8<--[ \t]+"(?P<source>[^"]+)"[ \t]*$')
 CLOSE = re.compile(r"^[ \t]*<!-- /snippet -->[ \t]*$")
 SECTION_MARKER = re.compile(r"--8<--\s+\[(?P<kind>start|end):(?P<name>[A-Za-z0-9_-]+)\]")
 LANGUAGES = {".py": "python", ".sql": "sql", ".toml": "toml", ".yaml": "yaml", ".yml": "yaml"}
@@ -165,9 +170,48 @@ def _block(snippet: Snippet, root: Path) -> list[str]:
     return [f"{snippet.indent}{fence}{snippet.language}", *body, f"{snippet.indent}{fence}"]
 
 
+def convert_includes(lines: Sequence[str]) -> list[str]:
+    """Fenced blocks that hold only pymdownx.snippets includes (``--8<-- "file:name"``,
+    what the pages used before) turned into empty snippet markers for :func:`rewrite`."""
+    out: list[str] = []
+    index = 0
+    while index < len(lines):
+        opening = FENCE.match(lines[index])
+        if opening is None:
+            out.append(lines[index])
+            index += 1
+            continue
+        end = index + 1
+        sources = []
+        while end < len(lines) and (include := INCLUDE.match(lines[end])) is not None:
+            sources.append(include["source"])
+            end += 1
+        closing = FENCE.match(lines[end]) if end < len(lines) else None
+        if sources and closing is not None and closing["fence"] == opening["fence"]:
+            indent = lines[index][: len(lines[index]) - len(lines[index].lstrip())]
+            out += [f"{indent}<!-- snippet: {' '.join(sources)} -->", f"{indent}<!-- /snippet -->"]
+            index = end + 1
+            continue
+        # any other fenced block is copied as it is, up to its closing fence
+        out.append(lines[index])
+        index += 1
+        while index < len(lines):
+            out.append(lines[index])
+            fenced = FENCE.match(lines[index])
+            index += 1
+            if (
+                fenced is not None
+                and fenced["fence"].startswith(opening["fence"])
+                and not fenced["info"].strip()
+            ):
+                break
+    return out
+
+
 def rewrite(text: str, root: Path = ROOT) -> str:
-    """The page with every marked block regenerated; SnippetError if one cannot be."""
-    lines = text.splitlines()
+    """The page with every marked block regenerated, and blocks of snippet includes
+    converted to marked blocks first; SnippetError if one cannot be generated."""
+    lines = convert_includes(text.splitlines())
     out: list[str] = []
     done = 0
     for snippet in find_snippets(lines):

@@ -269,11 +269,28 @@ def test_pages_without_inline_code_fail() -> None:
     assert formatter_problems(unformatted) != []
 
 
+def test_include_blocks_are_converted_by_the_generator(tmp_path: Path) -> None:
+    """A block of pymdownx.snippets includes (the pages' old form) fails the check, and
+    running the generator turns it into a marked block of the same code."""
+    legacy = GOOD_PAGE.replace(
+        "<!-- snippet: examples/db_row_lock.py:process-order -->\n<!-- /snippet -->",
+        '```python\n--8<-- "examples/db_row_lock.py:process-order"\n```',
+    )
+    page = tmp_path / "page.md"
+    page.write_text(legacy)
+    [problem] = _snippets.problems([page], ROOT)
+    assert "stale" in problem
+    assert _snippets.main([str(page)]) == 0
+    assert page.read_text() == _good_page()
+
+
 def test_markers_shown_inside_code_blocks_are_left_alone() -> None:
     """A snippet marker quoted inside a fenced block (as docs/development.md does) is
     text, not a marker: the generator leaves it as written."""
     quoted = "````markdown\n<!-- snippet: examples/nowhere.py:x -->\n<!-- /snippet -->\n````\n"
     assert _snippets.rewrite(quoted, ROOT) == quoted
+    include = '````markdown\n```python\n--8<-- "examples/nowhere.py:x"\n```\n````\n'
+    assert _snippets.rewrite(include, ROOT) == include
 
 
 # -- the site -------------------------------------------------------------------------
