@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 from urllib.parse import urlsplit
 
 import nox
@@ -117,11 +118,26 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def docs(session: nox.Session) -> None:
-    """Build the documentation site in strict mode: any warning fails."""
+    """Build the documentation site in strict mode (any warning fails), after checking
+    that the code blocks of the pages are current. ``nox -s docs -- DIR`` writes the
+    site to DIR instead of a directory under .nox/."""
+    session.run(sys.executable, "docs/_snippets.py", "--check", external=True)
     _install(session, "docs")
     session.env["NO_MKDOCS_2_WARNING"] = "1"  # Material's end-of-life banner on stderr
-    site = os.path.join(session.create_tmp(), "site")
+    if session.posargs:
+        site = os.path.abspath(session.posargs[0])
+    else:
+        site = os.path.join(os.path.abspath(session.create_tmp()), "site")
     session.run("mkdocs", "build", "--strict", "--site-dir", site)
+    index = os.path.join(site, "index.html")
+    session.log(f"site written to {site} (open file://{index}, or run `mkdocs serve`)")
+
+
+@nox.session(venv_backend="none")
+def snippets(session: nox.Session) -> None:
+    """Rewrite the code blocks of README.md and docs/ from the examples they show (run
+    after editing an example); ``nox -s snippets -- --check`` only checks."""
+    session.run(sys.executable, "docs/_snippets.py", *session.posargs, external=True)
 
 
 @nox.session

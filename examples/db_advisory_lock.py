@@ -62,6 +62,9 @@ async def main() -> None:
         print(f"5 serialized runs: {results.count(True)} succeeded, user row: {user}")
         assert user == {"total_spent": 42, "runs": 5}
     finally:
+        async with DbSession(engine) as session:
+            await session.execute("DROP TABLE IF EXISTS example_users")
+            await session.execute("DROP TABLE IF EXISTS example_user_orders")
         await engine.dispose()
 
 

@@ -38,6 +38,8 @@ async def main() -> None:
         print(f"counter after 50 concurrent increments: {value}")
         assert value == 50
     finally:
+        async with DbSession(engine) as session:
+            await session.execute("DROP TABLE IF EXISTS example_counters")
         await engine.dispose()
 
 

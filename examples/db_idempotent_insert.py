@@ -48,6 +48,8 @@ async def main() -> None:
         )
         assert results.count(True) == 1
     finally:
+        async with DbSession(engine) as session:
+            await session.execute("DROP TABLE IF EXISTS example_user_profiles")
         await engine.dispose()
 
 

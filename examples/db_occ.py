@@ -79,6 +79,8 @@ async def main() -> None:
         print(f"balance after 20 concurrent optimistic updates: {balance}")
         assert balance == 150
     finally:
+        async with DbSession(engine) as session:
+            await session.execute("DROP TABLE IF EXISTS example_accounts")
         await engine.dispose()
 
 

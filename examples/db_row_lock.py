@@ -49,6 +49,8 @@ async def main() -> None:
         assert results.count(True) == 1
         assert handled == 1
     finally:
+        async with DbSession(engine) as session:
+            await session.execute("DROP TABLE IF EXISTS example_orders")
         await engine.dispose()
 
 

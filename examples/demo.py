@@ -10,6 +10,11 @@ With no URL given it needs no services at all: it starts a private PostgreSQL an
 MySQL/MariaDB or PostgreSQL and Redis instead.
 
 Exits 0 when every invariant holds, 1 when one fails, 2 when a server is unreachable.
+
+On real servers it creates the tables demo_accounts, demo_transfers and demo_inbox and
+the stream demo:transfers (group ledger). After a run whose invariants all hold it drops
+and deletes them again, unless --keep is given; after a failed run it leaves them for
+inspection and says so.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ STREAM = "demo:transfers"
 GROUP = "ledger"
 OPENING_BALANCE = 1_000
 INBOX = Inbox("demo_inbox")
+TABLES = ("demo_accounts", "demo_transfers", INBOX.table.name)
 
 
 # --8<-- [start:handler]
@@ -134,6 +140,18 @@ async def verify(engine: AsyncEngine, redis: Redis, accounts: int, messages: int
     return failures
 
 
+async def clean_up(engine: AsyncEngine, redis: Redis) -> None:
+    """Drop the demo's tables and delete its streams."""
+    async with DbSession(engine) as session:
+        for table in TABLES:
+            await session.execute(f"DROP TABLE IF EXISTS {table}")
+    await redis.delete(STREAM, f"{STREAM}:dead")
+
+
+def left_behind() -> str:
+    return f"tables {', '.join(TABLES)}; streams {STREAM} (group {GROUP}), {STREAM}:dead"
+
+
 async def reachable(engine: AsyncEngine, redis: Redis, database_url: str, redis_url: str) -> bool:
     try:
         async with DbSession(engine) as session:
@@ -167,6 +185,8 @@ async def main(
     concurrency: int = 32,
     accounts: int = 200,
     time_limit: float = 600.0,
+    *,
+    keep: bool = False,
 ) -> int:
     engine = create_engine(database_url, pool_size=consumers * concurrency, max_overflow=4)
     redis = create_redis_client(redis_url, block_ms=200)
@@ -217,6 +237,11 @@ async def main(
         print("invariants:")
         failures = await verify(engine, redis, accounts, messages)
         print("all invariants hold" if not failures else f"{len(failures)} invariant(s) FAILED")
+        if failures or keep:
+            print(f"left on the servers for inspection: {left_behind()}")
+        else:
+            await clean_up(engine, redis)
+            print(f"removed {left_behind()}")
         return 1 if failures else 0
     finally:
         await redis.aclose()
@@ -233,11 +258,14 @@ def cli() -> None:
     parser.add_argument("--accounts", type=int, default=200)
     parser.add_argument("--database", default=os.environ.get("SAFESYNC_DATABASE_URL"))
     parser.add_argument("--redis", default=os.environ.get("SAFESYNC_REDIS_URL"))
+    parser.add_argument(
+        "--keep", action="store_true", help="leave the tables and streams for inspection"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     sizes = (args.messages, args.consumers, args.concurrency, args.accounts)
     if args.database and args.redis:
-        sys.exit(asyncio.run(main(args.database, args.redis, *sizes)))
+        sys.exit(asyncio.run(main(args.database, args.redis, *sizes, keep=args.keep)))
     if args.database or args.redis:
         parser.error("give both --database and --redis, or neither (embedded servers)")
     try:

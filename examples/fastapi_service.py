@@ -1,6 +1,7 @@
 """A FastAPI service and its worker: the endpoint moves money under row locks and
 publishes an event through the transactional outbox; a relay in the app's lifespan moves
-events to the stream; a worker with an inbox records each event exactly once.
+events to the stream; a worker with an inbox records each event exactly once. Other
+endpoints use the Redis client and a producer through dependencies, and serve /metrics.
 
     uvicorn examples.fastapi_service:app      # the service (needs `pip install uvicorn`)
     python -m examples.fastapi_service        # self-test: 300 concurrent requests
@@ -12,10 +13,12 @@ import asyncio
 import contextlib
 import random
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any, cast
 
+# --8<-- [start:imports]
 import httpx
-from fastapi import FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException, Response
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from pydantic import BaseModel, Field
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -28,15 +31,30 @@ from safesync_async import (
     QueueConfig,
     QueueConsumer,
     QueueMessage,
+    QueueProducer,
     RowLock,
+    stream_health,
 )
-from safesync_async.fastapi import SafeSync, SessionDep, install_exception_handlers
+from safesync_async.fastapi import (
+    RedisDep,
+    SafeSync,
+    SessionDep,
+    install_exception_handlers,
+    producer,
+)
 
+# --8<-- [end:imports]
 from .settings import DATABASE_URL, REDIS_URL
 
 STREAM = "example:transfer-events"
 OUTBOX = Outbox("example_outbox")
 INBOX = Inbox("example_inbox")
+TABLES = ("example_wallets", "example_transfer_log", OUTBOX.name, INBOX.table.name)
+
+# --8<-- [start:producer-dependency]
+statement_requests = producer("example:statement-requests")
+StatementRequests = Annotated[QueueProducer, Depends(statement_requests)]
+# --8<-- [end:producer-dependency]
 
 
 class TransferIn(BaseModel):
@@ -81,13 +99,11 @@ def build_app(safesync: SafeSync) -> FastAPI:
         if body.source == body.target:
             raise HTTPException(422, "source and target must differ")
         wallets = {}
-        # --8<-- [start:lock-order]
         for wallet in sorted((body.source, body.target)):  # one lock order: no deadlocks
             row = await RowLock(session, "example_wallets", {"id": wallet}).acquire()
             if row is None:
                 raise HTTPException(404, f"wallet {wallet} not found")
             wallets[wallet] = row["balance"]
-        # --8<-- [end:lock-order]
         if wallets[body.source] < body.amount:
             raise HTTPException(409, "insufficient funds")
         for wallet, delta in ((body.source, -body.amount), (body.target, body.amount)):
@@ -108,6 +124,35 @@ def build_app(safesync: SafeSync) -> FastAPI:
         if row is None:
             raise HTTPException(404, "no such wallet")
         return {"balance": row["balance"]}
+
+    # --8<-- [start:redis]
+    @app.get("/health")
+    async def health(session: SessionDep, redis: RedisDep) -> dict[str, Any]:
+        """Ready when the database and Redis answer; reports the event backlog."""
+        await session.execute("SELECT 1")
+        report = await stream_health(redis, STREAM)
+        return {"events": report.length, "pending": sum(g.pending for g in report.groups)}
+
+    # --8<-- [end:redis]
+
+    # --8<-- [start:producer]
+    @app.post("/wallets/{wallet}/statements", status_code=202)
+    async def request_statement(wallet: int, requests: StatementRequests) -> dict[str, str]:
+        """Ask for a statement, made later by a worker. Nothing is written to the
+        database here, so the request goes straight to its stream."""
+        entry = await requests.publish({"wallet": wallet})
+        return {"request": entry}
+
+    # --8<-- [end:producer]
+
+    # --8<-- [start:metrics]
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        """What Prometheus scrapes: the library's metrics and the rest of the default
+        registry (pass your registry to generate_latest if you use your own)."""
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    # --8<-- [end:metrics]
 
     return app
 
@@ -174,7 +219,35 @@ async def main(requests: int = 300, wallets: int = 20) -> None:
         print(f"{accepted} transfers accepted, {refused} refused; {logged} events recorded once")
         assert total == wallets * 100  # money conserved
         assert logged == accepted  # every committed transfer announced exactly once
+        await check_other_endpoints(service, redis)
         await redis.delete(STREAM, f"{STREAM}:dead")
+        await drop_tables(engine)
+
+
+async def check_other_endpoints(service: FastAPI, redis: Redis) -> None:
+    """/health through RedisDep, a statement request through the producer dependency,
+    and /metrics, which holds the sessions of the requests above."""
+    transport = httpx.ASGITransport(app=service)
+    async with httpx.AsyncClient(transport=transport, base_url="http://service") as client:
+        health = await client.get("/health")
+        assert health.status_code == 200, health.text
+        assert health.json()["pending"] == 0
+        requested = await client.post("/wallets/3/statements")
+        assert requested.status_code == 202, requested.text
+        metrics = await client.get("/metrics")
+    entries = cast(list[tuple[bytes, Any]], await redis.xrange("example:statement-requests"))
+    assert requested.json() == {"request": entries[0][0].decode()}
+    assert len(entries) == 1
+    await redis.delete("example:statement-requests")
+    assert metrics.headers["content-type"] == CONTENT_TYPE_LATEST
+    assert 'safesync_db_transactions_total{operation="http",outcome="committed"}' in metrics.text
+
+
+async def drop_tables(engine: AsyncEngine) -> None:
+    """The example leaves nothing behind on the server."""
+    async with DbSession(engine) as session:
+        for table in TABLES:
+            await session.execute(f"DROP TABLE IF EXISTS {table}")
 
 
 if __name__ == "__main__":

@@ -49,6 +49,8 @@ async def main() -> None:
         print(f"sum of processed values: {value}")
         assert value == 55
     finally:
+        async with DbSession(engine) as session:
+            await session.execute("DROP TABLE IF EXISTS example_counters")
         await redis.delete(stream)
         await redis.aclose()
         await engine.dispose()

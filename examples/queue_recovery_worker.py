@@ -58,6 +58,8 @@ async def main() -> None:
         print(f"recovered {recovery.statistics().claimed} stale messages")
         assert (await redis.xpending(stream, "workers"))["pending"] == 0
     finally:
+        async with DbSession(engine) as session:
+            await session.execute("DROP TABLE IF EXISTS example_recovered")
         await redis.delete(stream)
         await redis.aclose()
         await engine.dispose()

@@ -75,6 +75,8 @@ async def main() -> None:
         print(f"processed orders: {done}")
         assert done == 100
     finally:
+        async with DbSession(engine) as session:
+            await session.execute("DROP TABLE IF EXISTS example_queue_orders")
         await redis.delete(stream)
         await redis.aclose()
         await engine.dispose()

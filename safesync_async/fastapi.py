@@ -1,24 +1,36 @@
-"""FastAPI integration: a lifespan that owns the engine and the Redis client, a session
-dependency that commits before the response is sent, and error responses for the
-library's exceptions.
+"""FastAPI integration: a lifespan that owns the engine and the Redis client, dependencies
+that hand them to endpoints (a session that commits before the response is sent, the Redis
+client, a producer per stream), and error responses for the library's exceptions.
 
     safesync = SafeSync(database_url, redis_url)
     app = FastAPI(lifespan=safesync.lifespan)
     install_exception_handlers(app)
 
+    order_events = producer("orders")
+
     @app.post("/orders")
-    async def create(order: Order, session: SessionDep) -> dict[str, int]:
+    async def create(
+        order: Order,
+        session: SessionDep,
+        redis: RedisDep,
+        events: Annotated[QueueProducer, Depends(order_events)],
+    ) -> dict[str, int]:
         ...
 
 ``SessionDep`` is ``Annotated[DbSession, Depends(db_session, scope="function")]``: the
 dependency's exit (COMMIT) runs when the endpoint returns, *before* the response is
 sent, so a failed commit becomes an error response and never a 200.
+
+Every dependency finds the :class:`SafeSync` through the application its request
+belongs to, so tests can build the app around objects of their own
+(``SafeSync(engine=..., redis=...)``) and override any dependency as usual
+(``app.dependency_overrides[order_events] = ...``).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Annotated, Any
 
 try:
@@ -37,6 +49,7 @@ from .db.session import DbSession
 from .errors import (
     AdvisoryLockError,
     CommitOutcomeUnknownError,
+    ConfigurationError,
     DatabaseDisconnectError,
     LockNotAvailableError,
     QueueConnectionError,
@@ -45,15 +58,30 @@ from .errors import (
     SafeSyncError,
     VersionConflictError,
 )
+from .metrics import DEFAULT_REGISTRY, RegistryArg
 from .queue.client import create_redis_client
+from .queue.codec import Codec
+from .queue.producer import QueueProducer
 
-__all__ = ["SafeSync", "SessionDep", "db_session", "install_exception_handlers"]
+__all__ = [
+    "RedisDep",
+    "SafeSync",
+    "SafeSyncDep",
+    "SessionDep",
+    "db_session",
+    "get_safesync",
+    "install_exception_handlers",
+    "producer",
+    "redis_client",
+]
 
 
 class SafeSync:
     """The database engine and Redis client of an application, opened and closed by the
     app's lifespan. Pass ready-made ``engine`` / ``redis`` objects instead of URLs to
-    share them with other code (they are then not closed by the lifespan)."""
+    share them with other code, or to run the app in tests on the fixtures'
+    (``SafeSync(engine=safesync_engine, redis=safesync_redis)``): the lifespan then
+    leaves them open."""
 
     def __init__(
         self,
@@ -76,12 +104,14 @@ class SafeSync:
 
     @property
     def engine(self) -> AsyncEngine:
+        """The engine; RuntimeError before the lifespan started it."""
         if self._engine is None:
             raise RuntimeError("SafeSync is not started: use it as the app's lifespan")
         return self._engine
 
     @property
     def redis(self) -> Redis:
+        """The Redis client; RuntimeError if SafeSync has none (or is not started)."""
         if self._redis is None:
             raise RuntimeError("no Redis client: pass redis_url or redis to SafeSync")
         return self._redis
@@ -112,15 +142,76 @@ class SafeSync:
             yield session
 
 
+async def get_safesync(request: Request) -> SafeSync:
+    """The :class:`SafeSync` of the request's application, set by its lifespan.
+
+    Raises RuntimeError (a 500) when the application was not started through
+    ``SafeSync.lifespan``.
+    """
+    safesync = getattr(request.app.state, "safesync", None)
+    if not isinstance(safesync, SafeSync):
+        raise RuntimeError(
+            "this application has no SafeSync: create it with "
+            "FastAPI(lifespan=safesync.lifespan), or enter `async with "
+            "safesync.lifespan(app)` in your own lifespan (in tests too: "
+            "`async with app.router.lifespan_context(app)`)"
+        )
+    return safesync
+
+
 async def db_session(request: Request) -> AsyncIterator[DbSession]:
-    """The session dependency for apps using ``SafeSync.lifespan``."""
-    safesync: SafeSync = request.app.state.safesync
+    """The session dependency for apps using ``SafeSync.lifespan``: one transaction per
+    request (operation label ``http``), committed when the endpoint returns."""
+    safesync = await get_safesync(request)
     async with DbSession(safesync.engine, operation="http") as session:
         yield session
 
 
+async def redis_client(request: Request) -> Redis:
+    """The application's Redis client (from ``redis_url`` or ``redis``); RuntimeError
+    when SafeSync was given neither."""
+    return (await get_safesync(request)).redis
+
+
+def producer(
+    stream: str,
+    *,
+    codec: Codec[Any] | None = None,
+    trace_context: bool = True,
+    registry: RegistryArg = DEFAULT_REGISTRY,
+) -> Callable[[Request], Awaitable[QueueProducer]]:
+    """A dependency that gives an endpoint a :class:`QueueProducer` for ``stream`` on the
+    application's Redis client::
+
+        order_events = producer("orders")
+        OrderEvents = Annotated[QueueProducer, Depends(order_events)]
+
+    Keep the returned function (``order_events``) to override it in tests:
+    ``app.dependency_overrides[order_events] = lambda: test_producer``. The keyword
+    arguments are the producer's. Publishing from an endpoint is not atomic with its
+    database transaction: for events that must exist if and only if the transaction
+    commits, use an :class:`~safesync_async.Outbox` in the session instead.
+    """
+    if not isinstance(stream, str) or not stream:
+        raise ConfigurationError("producer() needs the stream key, a non-empty string")
+
+    async def stream_producer(request: Request) -> QueueProducer:
+        redis = (await get_safesync(request)).redis
+        return QueueProducer(
+            redis, stream, codec=codec, trace_context=trace_context, registry=registry
+        )
+
+    stream_producer.__name__ = stream_producer.__qualname__ = f"producer({stream!r})"
+    return stream_producer
+
+
 #: ``session: SessionDep`` in an endpoint: one transaction, committed before the response.
 SessionDep = Annotated[DbSession, Depends(db_session, scope="function")]
+#: ``redis: RedisDep`` in an endpoint: the application's Redis client.
+RedisDep = Annotated[Redis, Depends(redis_client)]
+#: ``safesync: SafeSyncDep`` in an endpoint: the engine (``.engine``) and Redis client,
+#: for example for :func:`~safesync_async.retry_transaction`.
+SafeSyncDep = Annotated[SafeSync, Depends(get_safesync)]
 
 _STATUS: tuple[tuple[type[SafeSyncError], int, str], ...] = (
     (CommitOutcomeUnknownError, 500, "the outcome of the transaction is unknown"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -29,7 +30,7 @@ from safesync_async import (
 )
 from safesync_async.cli import app
 
-from .support.settings import DATABASE_URL, REDIS_URL
+from .support.settings import DATABASE_URL, POSTGRES_URL, REDIS_URL
 
 GROUP = "workers"
 POISON = {b"data": b"\xff\xfe not JSON, not UTF-8", b"trace": b"t-1"}
@@ -415,6 +416,45 @@ async def test_outbox_status_counts_pending_and_sent(
     finally:
         async with DbSession(mysql_engine, registry=None) as session:
             await session.execute(f"DROP TABLE IF EXISTS `{outbox.name}`")
+
+
+@pytest.mark.parametrize("database_url", [DATABASE_URL, POSTGRES_URL], ids=["mysql", "postgresql"])
+async def test_outbox_status_without_the_table_says_how_to_create_it(
+    database_url: str, unique_name: Callable[[str], str]
+) -> None:
+    """On a reachable database without the outbox table, outbox status exits 4 (not 3,
+    "unreachable") with one line naming the table and how to create it."""
+    table = unique_name("test_cli_no_outbox")
+    result = await invoke("--database", database_url, "outbox", "status", "--table", table)
+    assert_one_line_error(result, 4, f"the outbox table {table!r} does not exist")
+    assert f"Outbox({table!r}).create_table(engine)" in result.stderr
+    assert "create_sql" in result.stderr and "1146" not in result.stderr
+    code, document = await invoke_json(
+        "--database", database_url, "outbox", "status", "--table", table
+    )
+    assert code == 4
+    assert f"the outbox table {table!r} does not exist" in document["error"]
+
+
+# -- help ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "command", [[], ["status"], ["dead-letters", "replay"], ["outbox", "status"]]
+)
+def test_help_shows_flags_without_a_value_type(command: list[str]) -> None:
+    """--json, --all, --yes and --help take no value, and --help shows none for them
+    (no `<bool>` beside them); options that take one keep their metavar."""
+    result = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "<bool>" not in result.output
+    flags = {"--help"} | ({"--json"} if not command else set())
+    flags |= {"--all", "--yes"} if command == ["dead-letters", "replay"] else set()
+    for flag in flags:
+        line = next(line for line in result.output.splitlines() if f" {flag} " in line)
+        assert re.search(rf"{flag}\s+[A-Z][a-z]", line), line  # the help text comes next
+    if not command:
+        assert re.search(r"--redis\s+URL\s+Redis URL", result.output)
 
 
 # -- errors --------------------------------------------------------------------------

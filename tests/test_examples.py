@@ -1,8 +1,10 @@
 """Every example under examples/ runs to completion against the real servers (their own
-assertions check the outcome they print)."""
+assertions check the outcome they print) and leaves no table behind; the demo removes
+what it created."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import os
 import pkgutil
@@ -14,9 +16,10 @@ from typing import cast
 import pytest
 
 import examples
+from safesync_async import DbSession, create_engine, create_redis_client
 
 from .support.backends import MARIADB
-from .support.settings import REDIS_URL
+from .support.settings import DATABASE_URL, REDIS_URL
 
 EXAMPLES = sorted(
     info.name
@@ -41,12 +44,30 @@ def test_examples_are_discovered() -> None:
     } <= set(EXAMPLES)
 
 
+async def _tables(pattern: str) -> set[str]:
+    """Tables of the examples' database whose names match a LIKE pattern."""
+    engine = create_engine(DATABASE_URL)
+    try:
+        async with DbSession(engine) as session:
+            rows = await session.fetch_all(
+                "SELECT table_name AS name FROM information_schema.tables "
+                "WHERE table_schema = DATABASE() AND table_name LIKE :pattern",
+                {"pattern": pattern},
+            )
+    finally:
+        await engine.dispose()
+    return {str(row["name"]) for row in rows}
+
+
 @pytest.mark.parametrize("name", EXAMPLES)
 async def test_example_runs(name: str) -> None:
-    """The example's main() completes and its own checks pass."""
+    """The example's main() completes, its own checks pass, and it drops every table it
+    created."""
     module = importlib.import_module(f"examples.{name}")
     main = cast(Callable[[], Awaitable[None]], module.main)
+    before = await _tables("example\\_%")
     await main()
+    assert sorted(await _tables("example\\_%") - before) == []
 
 
 @pytest.mark.parametrize("servers", ["embedded", "configured"])
@@ -67,3 +88,15 @@ def test_demo_command(servers: str) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "all invariants hold" in result.stdout
     assert ("embedded" in result.stdout) == (servers == "embedded")
+    if servers == "configured":
+        assert asyncio.run(_demo_leftovers()) == []
+
+
+async def _demo_leftovers() -> list[str]:
+    """The demo's tables and streams still on the configured servers."""
+    redis = create_redis_client(REDIS_URL)
+    try:
+        keys = {str(key) async for key in redis.scan_iter(match="demo:*")}
+    finally:
+        await redis.aclose()
+    return sorted(await _tables("demo\\_%") | keys)

@@ -17,13 +17,14 @@ from .support.backends import MARIADB
 from .support.settings import REDIS_URL
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "user_tests"
+USER_TESTS = 6  # handlers: session, stream, poison; FastAPI app: order, reminder, metrics
 
 
 async def _run_user_suite(tmp_path: Path, env: dict[str, str]) -> str:
     """Copy examples/user_tests into its own project (own rootdir, warnings as errors) and
     run it; returns pytest's output, asserting it passed."""
-    for name in ("conftest.py", "test_orders.py"):
-        shutil.copy(EXAMPLE / name, tmp_path / name)
+    for source in EXAMPLE.glob("*.py"):
+        shutil.copy(source, tmp_path / source.name)
     (tmp_path / "pytest.ini").write_text("[pytest]\nfilterwarnings = error\n")
     result = await anyio.run_process(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
@@ -33,7 +34,7 @@ async def _run_user_suite(tmp_path: Path, env: dict[str, str]) -> str:
     )
     output = result.stdout.decode() + result.stderr.decode()
     assert result.returncode == 0, output
-    assert "2 passed" in output
+    assert f"{USER_TESTS} passed" in output
     return output
 
 
@@ -44,8 +45,8 @@ def _environment(**urls: str) -> dict[str, str]:
 
 
 async def test_user_suite_on_configured_servers(tmp_path: Path) -> None:
-    """Pointed at MariaDB and Redis by environment variables, the user suite passes and its
-    session fixture left nothing behind."""
+    """Pointed at MariaDB and Redis by environment variables, the user suite passes, its
+    session fixture left nothing behind and its other fixtures dropped their tables."""
     engine = create_engine(MARIADB.url)
     async with DbSession(engine) as session:
         await session.execute("DROP TABLE IF EXISTS user_notes")
@@ -56,7 +57,12 @@ async def test_user_suite_on_configured_servers(tmp_path: Path) -> None:
     async with DbSession(engine) as session:
         assert await session.execute_scalar("SELECT COUNT(*) FROM user_notes") == 0
         await session.execute("DROP TABLE user_notes")
+        left = await session.fetch_all(
+            "SELECT table_name AS name FROM information_schema.tables "
+            "WHERE table_schema = DATABASE() AND table_name LIKE 'user\\_%'"
+        )
     await engine.dispose()
+    assert left == []  # the suite's fixtures dropped every table they created
 
 
 async def test_user_suite_with_nothing_configured(tmp_path: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -39,22 +41,31 @@ async def test_session_is_rolled_back_after_each_test(
 
 
 # --8<-- [start:stream-test]
-async def test_handler_marks_orders_paid(
-    safesync_engine: AsyncEngine, safesync_stream: StreamFixture
-) -> None:
-    """Every published payment marks its order paid, exactly once, nothing left pending."""
+@pytest.fixture
+async def orders(safesync_engine: AsyncEngine) -> AsyncIterator[Inbox]:
+    """Five new orders and the handler's inbox; both tables are dropped afterwards."""
+    inbox = Inbox("user_orders_inbox")
+    await inbox.create_table(safesync_engine)
     async with DbSession(safesync_engine) as session:
         await session.execute(
             "CREATE TABLE IF NOT EXISTS user_orders (id INT PRIMARY KEY, status VARCHAR(10))"
         )
-        await session.execute("DELETE FROM user_orders")
+        await session.execute("DELETE FROM user_orders")  # left by an interrupted run
         for order in range(1, 6):
             await session.execute("INSERT INTO user_orders VALUES (:id, 'new')", {"id": order})
-    inbox = Inbox("user_orders_inbox")
-    await inbox.create_table(safesync_engine)
+    yield inbox
+    async with DbSession(safesync_engine) as session:
+        await session.execute("DROP TABLE user_orders")
+        await session.execute(f"DROP TABLE {inbox.table.name}")
+
+
+async def test_handler_marks_orders_paid(
+    safesync_engine: AsyncEngine, safesync_stream: StreamFixture, orders: Inbox
+) -> None:
+    """Every published payment marks its order paid, exactly once, nothing left pending."""
     await safesync_stream.producer.publish_batch({"order": order} for order in range(1, 6))
 
-    consumer = await safesync_stream.drain(mark_paid, engine=safesync_engine, inbox=inbox)
+    consumer = await safesync_stream.drain(mark_paid, engine=safesync_engine, inbox=orders)
 
     assert consumer.statistics().acked == 5
     async with DbSession(safesync_engine) as session:
@@ -67,3 +78,23 @@ async def test_handler_marks_orders_paid(
 
 
 # --8<-- [end:stream-test]
+
+
+# --8<-- [start:poison-test]
+async def test_failing_message_is_dead_lettered(safesync_stream: StreamFixture) -> None:
+    """A message whose handler always fails reaches the dead letters within seconds."""
+    await safesync_stream.producer.publish({"order": 404})
+
+    async def fail(message: QueueMessage[Any]) -> None:
+        raise LookupError(f"order {message.payload['order']} not found")
+
+    async with asyncio.timeout(10):
+        consumer = await safesync_stream.drain(
+            fail, max_deliveries=2, claim_min_idle_ms=100, claim_interval_ms=50
+        )
+
+    assert consumer.statistics().dead_lettered == 1
+    assert await safesync_stream.redis.xlen(safesync_stream.dead_letters) == 1
+
+
+# --8<-- [end:poison-test]

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 from redis.asyncio import Redis
+from typer.core import TyperCommand, TyperGroup
 
 from ..errors import SafeSyncError
 from ..queue.health import stream_health
@@ -35,6 +36,7 @@ from .operations import (
     pending_report,
     plan_replay,
     read_letters,
+    read_outbox_status,
     replay,
     stream_violations,
 )
@@ -44,16 +46,41 @@ __all__ = ["DEFAULT_DATABASE_URL", "DEFAULT_REDIS_URL", "app"]
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_DATABASE_URL = "mysql+asyncmy://root@127.0.0.1:3306/test"
 
+
+def _without_flag_types(params: list[Any]) -> list[Any]:
+    """Flags take no value, so help shows none for them: recent typer versions print a
+    type (``<bool>``) next to every flag, ``--help`` included, unless a metavar is set."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class _Group(TyperGroup):
+    """A command group whose help shows flags without a value type."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _without_flag_types(super().get_params(ctx))
+
+
+class _Command(TyperCommand):
+    """A command whose help shows flags without a value type."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _without_flag_types(super().get_params(ctx))
+
+
 app = typer.Typer(
     name="safesync",
+    cls=_Group,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
 dead_letters_app = typer.Typer(
-    help="List, show, replay and purge dead letters.", no_args_is_help=True
+    cls=_Group, help="List, show, replay and purge dead letters.", no_args_is_help=True
 )
-outbox_app = typer.Typer(help="The transactional outbox table.", no_args_is_help=True)
+outbox_app = typer.Typer(cls=_Group, help="The transactional outbox table.", no_args_is_help=True)
 app.add_typer(dead_letters_app, name="dead-letters")
 app.add_typer(outbox_app, name="outbox")
 
@@ -174,7 +201,7 @@ def _global_options(
 # -- safesync streams --------------------------------------------------------------
 
 
-@app.command("streams")
+@app.command("streams", cls=_Command)
 def streams_command(
     ctx: typer.Context,
     pattern: Annotated[str, typer.Option(metavar="GLOB", help="Only keys matching GLOB.")] = "*",
@@ -231,7 +258,7 @@ async def _repeat(
         await asyncio.sleep(every)
 
 
-@app.command()
+@app.command(cls=_Command)
 def status(
     ctx: typer.Context,
     stream: Stream,
@@ -293,7 +320,7 @@ def status(
 # -- safesync pending --------------------------------------------------------------
 
 
-@app.command()
+@app.command(cls=_Command)
 def pending(
     ctx: typer.Context,
     stream: Stream,
@@ -317,7 +344,7 @@ def pending(
 # -- safesync dead-letters ---------------------------------------------------------
 
 
-@dead_letters_app.command("list")
+@dead_letters_app.command("list", cls=_Command)
 def list_dead_letters(
     ctx: typer.Context,
     stream: Stream,
@@ -337,7 +364,7 @@ def list_dead_letters(
     _run(ctx, job)
 
 
-@dead_letters_app.command("show")
+@dead_letters_app.command("show", cls=_Command)
 def show_dead_letter(
     ctx: typer.Context,
     stream: Stream,
@@ -376,7 +403,7 @@ def _change_exit_code(rows: list[dict[str, str]], applied: bool) -> int:
     return EXIT_FAILED if rows and not applied else EXIT_OK
 
 
-@dead_letters_app.command("replay")
+@dead_letters_app.command("replay", cls=_Command)
 def replay_dead_letters(
     ctx: typer.Context,
     stream: Stream,
@@ -409,7 +436,7 @@ def replay_dead_letters(
     _run(ctx, job)
 
 
-@dead_letters_app.command("purge")
+@dead_letters_app.command("purge", cls=_Command)
 def purge_dead_letters(
     ctx: typer.Context,
     stream: Stream,
@@ -444,7 +471,7 @@ def _reason(letter: Letter) -> str:
 # -- safesync outbox ---------------------------------------------------------------
 
 
-@outbox_app.command("status")
+@outbox_app.command("status", cls=_Command)
 def outbox_status(
     ctx: typer.Context,
     table: Annotated[str, typer.Option(metavar="NAME", help="The outbox table.")] = (
@@ -458,14 +485,14 @@ def outbox_status(
     """Pending and sent rows of an outbox table.
 
     Shows the pending rows, the oldest pending row's age and the sent rows. Exits 1 if a
-    threshold is exceeded, 0 otherwise.
+    threshold is exceeded, 4 if the table does not exist, 0 otherwise.
     """
     limits = Thresholds(max_pending=max_pending, max_pending_age_s=max_pending_age)
 
     async def job(out: render.Output) -> int:
         outbox = Outbox(table)
         async with open_engine(_settings(ctx).database_url) as engine:
-            state = await outbox.status(engine)
+            state = await read_outbox_status(engine, outbox)
         problems = outbox_violations(state, limits)
         render.outbox_status(out, table, state, problems)
         return EXIT_FAILED if problems else EXIT_OK

@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import cast
 
+import sqlalchemy as sa
 from redis.asyncio import Redis
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -21,6 +22,8 @@ from ..db.engine import create_engine
 from ..errors import (
     ConfigurationError,
     ConsumerGroupMissingError,
+    DatabaseError,
+    DatabaseUnavailableError,
     MessageDecodeError,
     SafeSyncError,
 )
@@ -28,7 +31,7 @@ from ..queue.client import create_redis_client
 from ..queue.dead_letters import PREFIX, DeadLetter, DeadLetterReason, parse_dead_letter
 from ..queue.errors import redis_errors
 from ..queue.health import ConsumerHealth, GroupHealth, StreamHealth
-from ..queue.outbox import OutboxStatus
+from ..queue.outbox import Outbox, OutboxStatus
 from ..queue.producer import QueueProducer
 from ..queue.streams import GroupStream, PendingEntry
 
@@ -36,6 +39,7 @@ __all__ = [
     "EXIT_ERROR",
     "EXIT_FAILED",
     "EXIT_INTERRUPTED",
+    "EXIT_NO_TABLE",
     "EXIT_OK",
     "EXIT_USAGE",
     "CliError",
@@ -59,14 +63,17 @@ __all__ = [
     "pending_report",
     "plan_replay",
     "read_letters",
+    "read_outbox_status",
     "replay",
     "stream_violations",
+    "table_exists",
 ]
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # a check failed, something asked for is missing, or --yes was not given
 EXIT_USAGE = 2  # bad arguments or URLs (also click's own usage errors)
 EXIT_ERROR = 3  # Redis or the database failed or could not be reached
+EXIT_NO_TABLE = 4  # the database is reachable but lacks the table the command reads
 EXIT_INTERRUPTED = 130  # Ctrl-C
 
 _ENTRY_ID = re.compile(r"\d+-\d+")
@@ -130,6 +137,42 @@ async def open_engine(url: str) -> AsyncIterator[AsyncEngine]:
         yield engine
     finally:
         await engine.dispose()
+
+
+# -- outbox ------------------------------------------------------------------------
+
+
+async def table_exists(engine: AsyncEngine, table: sa.Table) -> bool | None:
+    """Whether the database has ``table`` (None: it could not be told)."""
+
+    def has_table(connection: sa.Connection) -> bool:
+        return sa.inspect(connection).has_table(table.name, schema=table.schema)
+
+    try:
+        async with engine.connect() as connection:
+            return await connection.run_sync(has_table)
+    except (sa_exc.SQLAlchemyError, OSError):
+        return None
+
+
+async def read_outbox_status(engine: AsyncEngine, outbox: Outbox) -> OutboxStatus:
+    """``outbox.status(engine)``; a CliError with EXIT_NO_TABLE, saying how to create
+    the table, when the query failed because the table does not exist."""
+    try:
+        return await outbox.status(engine)
+    except DatabaseError as exc:
+        if isinstance(exc, DatabaseUnavailableError):
+            raise
+        if await table_exists(engine, outbox.table) is not False:
+            raise
+        name = outbox.name
+        raise CliError(
+            f"the outbox table {name!r} does not exist in this database. Create it once "
+            f"with `await Outbox({name!r}).create_table(engine)`, or put the statements of "
+            f"`Outbox({name!r}).create_sql(engine)` in your migrations; or name another "
+            "table with --table",
+            EXIT_NO_TABLE,
+        ) from exc
 
 
 # -- streams -----------------------------------------------------------------------

@@ -134,7 +134,14 @@ async def safesync_redis(safesync_redis_url: str, safesync_key_prefix: str) -> A
 
 @dataclass
 class StreamFixture:
-    """A unique stream with its consumer group, for one test."""
+    """A unique stream with its consumer group, for one test.
+
+    Attributes:
+        key: the stream key, ``<safesync_key_prefix>stream`` (deleted after the test).
+        group: the consumer group, ``test-group``, created from id ``0``.
+        redis: the ``safesync_redis`` client.
+        producer: a :class:`QueueProducer` for the stream that records no metrics.
+    """
 
     key: str
     group: str
@@ -143,10 +150,13 @@ class StreamFixture:
 
     @property
     def dead_letters(self) -> str:
+        """The dead-letter stream's key, ``<key>:dead``."""
         return f"{self.key}:dead"
 
     def config(self, **overrides: Any) -> QueueConfig:
-        """A QueueConfig for this stream and group with test-friendly timings."""
+        """A QueueConfig for this stream and group with test-friendly timings
+        (``consumer_name="test-consumer"``, ``block_ms=100``, ``claim_min_idle_ms=500``,
+        ``claim_interval_ms=100``); ``overrides`` replace any QueueConfig field."""
         settings: dict[str, Any] = {
             "stream_key": self.key,
             "consumer_group": self.group,
@@ -159,6 +169,8 @@ class StreamFixture:
         return QueueConfig(**settings)
 
     def consumer(self, *, inbox: Inbox | None = None, **overrides: Any) -> QueueConsumer:
+        """A consumer of :meth:`config` with ``overrides`` and the inbox, recording no
+        metrics."""
         return QueueConsumer(self.redis, self.config(**overrides), inbox=inbox, registry=None)
 
     async def drain(
@@ -169,8 +181,12 @@ class StreamFixture:
         inbox: Inbox | None = None,
         **overrides: Any,
     ) -> QueueConsumer:
-        """Run a consumer until every entry is handled (acked or dead-lettered); returns
-        it for its statistics. Bound it with ``asyncio.timeout`` if needed."""
+        """Run :meth:`consumer` (``inbox``, ``overrides``: QueueConfig fields such as
+        ``max_deliveries`` or ``claim_min_idle_ms``) until every entry is handled (acked
+        or dead-lettered), none pending and nothing in flight; returns the consumer, for
+        its ``statistics()``. With ``engine`` the handler is ``handler(msg, session)``,
+        else ``handler(msg)``. It does not return while a message keeps failing with
+        deliveries left: bound it with ``asyncio.timeout``."""
         consumer = self.consumer(inbox=inbox, **overrides)
         await consumer.run_until_drained(handler, engine=engine)
         return consumer
