@@ -24,13 +24,13 @@ from ..errors import (
     MessageDecodeError,
     SafeSyncError,
 )
+from ..queue._errors import redis_errors
+from ..queue._streams import GroupStream, PendingEntry
 from ..queue.client import create_redis_client
 from ..queue.dead_letters import PREFIX, DeadLetter, DeadLetterReason, parse_dead_letter
-from ..queue.errors import redis_errors
 from ..queue.health import ConsumerHealth, GroupHealth, StreamHealth
 from ..queue.outbox import OutboxStatus
 from ..queue.producer import QueueProducer
-from ..queue.streams import GroupStream, PendingEntry
 
 __all__ = [
     "EXIT_ERROR",

@@ -8,8 +8,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from ._errors import redis_errors
 from .client import server_info
-from .errors import redis_errors
 from .models import entry_timestamp_ms
 
 __all__ = ["ConsumerHealth", "GroupHealth", "StreamHealth", "stream_health"]
