@@ -23,6 +23,7 @@ __all__ = [
     "PendingEntry",
     "StreamOperations",
     "parse_groups",
+    "read_groups",
     "read_response_entries",
     "text",
 ]

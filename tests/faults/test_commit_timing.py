@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from safesync_async import DbSession, QueueConsumer, QueueMessage, create_engine
 
+from ..support.checker import count_delivery
 from ..support.proxy import Action, TcpProxy, Trigger
 from ..support.reliability import Recorder
 from ..support.settings import DATABASE_URL
@@ -63,3 +64,41 @@ async def test_handler_timeout_expiring_during_a_slow_commit(
     assert counts.applied == size
     assert counts.dead_lettered_total == 0
     assert (stats.failed, stats.acked) == (0, size)
+
+
+async def test_drain_timeout_during_a_commit_acks_what_committed(
+    engine: AsyncEngine, redis: Redis, stream: str, effects: str, reliability: Recorder
+) -> None:
+    """stop() with drain_timeout=0.2 s while every COMMIT takes 1 s (proxy delay): the
+    handlers are cancelled during their COMMIT, the COMMIT completes anyway, and every
+    message that committed is acked before run() returns (none is left pending)."""
+    size = 4
+    keys = await publish_plain(redis, stream, size)
+    url = urlsplit(DATABASE_URL)
+    async with TcpProxy(url.hostname or "127.0.0.1", url.port or 3306) as proxy:
+        commit = Trigger(b"\x03COMMIT", Action.DELAY, once=False, delay=1.0)
+        proxy.triggers.append(commit)
+        proxied = create_engine(
+            DATABASE_URL.replace(f":{url.port}/", f":{proxy.port}/"), pool_size=size
+        )
+        config = queue_config(stream, concurrency=size, drain_timeout=0.2)
+        consumer = QueueConsumer(redis, config, registry=None)
+        task = asyncio.create_task(consumer.run(effect_handler(effects), engine=proxied))
+        try:
+            await asyncio.wait_for(commit.fired.wait(), 30)
+            await asyncio.sleep(0.05)  # the other workers' COMMITs are on the wire too
+            consumer.stop()
+            await asyncio.wait_for(task, 30)
+        finally:
+            await proxied.dispose()
+    counts = await count_delivery(
+        redis, engine, stream=stream, group="g", effects=effects, sent=keys
+    )
+    reliability.record(
+        DELIVERY,
+        "drain timeout cancels handlers during a slow COMMIT (proxy delay), no inbox",
+        **counts.row(faults=size, committed_but_pending=counts.applied_but_pending),
+    )
+    assert counts.applied >= 1
+    assert counts.applied_but_pending == 0, counts
+    assert consumer.statistics().acked == counts.applied
