@@ -179,11 +179,11 @@ class MessageProcessor:
         """Run ``body`` (which returns how many duplicates the inbox found) in one
         DbSession and ack the deliveries once the COMMIT is confirmed.
 
-        ``handler_timeout`` limits the session's start and the body, not the COMMIT: the
-        session's ``cleanup_timeout`` bounds that, and an unanswered COMMIT raises
-        CommitOutcomeUnknownError. What decides the ack is the session's outcome, so an
-        error or a cancellation (a drain timeout) that arrives once the COMMIT is
-        confirmed still acks, and one that arrives before never does."""
+        ``handler_timeout`` limits the session's start and the body, not the COMMIT (or
+        ROLLBACK): the session's ``cleanup_timeout`` bounds that, and an unanswered
+        COMMIT raises CommitOutcomeUnknownError. What decides the ack is the session's
+        outcome, so an error or a cancellation (a drain timeout) that arrives once the
+        COMMIT is confirmed still acks, and one that arrives before never does."""
         session = DbSession(
             lease.engine,
             operation=self._operation,
@@ -195,9 +195,11 @@ class MessageProcessor:
         limit = self._time_limit(len(deliveries))
         try:
             async with limit or _NO_CONTEXT, session:
-                duplicates = await body(session)
-                if limit is not None and not limit.expired():
-                    limit.reschedule(None)  # the COMMIT is not the handler's time
+                try:
+                    duplicates = await body(session)
+                finally:
+                    if limit is not None and not limit.expired():
+                        limit.reschedule(None)  # COMMIT or ROLLBACK: not the handler's time
                 failpoint("consumer.before_commit")
         except Exception as exc:
             if session.outcome is not TransactionOutcome.COMMITTED:

@@ -15,7 +15,6 @@ import anyio.abc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .. import tracing
-from .._failpoints import failpoint
 from .._shield import run_to_completion
 from ..db.lease import ConnectionLease
 from ..errors import QueueError, QueueUnavailableError, SafeSyncError
@@ -23,6 +22,7 @@ from ..metrics import RegistryArg
 from ._acks import AckBatcher
 from ._admission import Admission
 from ._backoff import Backoff
+from ._in_flight import InFlight
 from ._outages import DatabaseOutage
 from ._policy import StreamPolicy
 from ._processing import DbHandler, Handler, InboxStore, MessageProcessor
@@ -90,13 +90,9 @@ class ConsumerRun:
         self._read_new = read_new
         self._claim = claim
         self._concurrency = effective_concurrency(config.concurrency, engine)
-        self._limit = config.read_ahead_limit(self._concurrency)
+        self.in_flight = InFlight(config.read_ahead_limit(self._concurrency), parts.recorder)
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        self._slots_freed = asyncio.Event()
-        self._work: asyncio.Queue[Delivery | None] = asyncio.Queue()
-        # Entries read or claimed and not finished: id -> when their idle time was reset.
-        self.outstanding: dict[str, float] = {}
         self.acks = AckBatcher(parts.streams, parts.backoff(), parts.recorder)
         self._processor = MessageProcessor(
             config,
@@ -138,7 +134,7 @@ class ConsumerRun:
     async def serve(
         self, prepare: Callable[[], Awaitable[None]], task_status: anyio.abc.TaskStatus[None]
     ) -> None:
-        untrack_in_flight = self._recorder.track_in_flight(self.outstanding.__len__)
+        untrack_in_flight = self._recorder.track_in_flight(self.in_flight.__len__)
         try:
             if not await self._prepare(prepare):
                 return
@@ -208,8 +204,7 @@ class ConsumerRun:
         self._draining = True
         for feeder in feeders:
             feeder.cancel()
-        for _ in workers:
-            self._work.put_nowait(None)
+        self.in_flight.stop_workers(len(workers))
         _done, late = await asyncio.wait(workers, timeout=self.config.drain_timeout)
         if late:
             _log.warning("drain timeout: cancelling %d handler(s) still running", len(late))
@@ -260,13 +255,13 @@ class ConsumerRun:
         backoff = self.parts.backoff()
         cursor: str | None = "0"
         while True:
-            free = await self._wait_for_capacity()
+            free = await self.in_flight.wait_for_capacity()
             await self.parts.outage.wait()
             try:
                 if cursor is not None:
                     deliveries = await self._streams.read_own_pending(cursor, free)
                     cursor = deliveries[-1].id if deliveries else None
-                    deliveries = [d for d in deliveries if d.id not in self.outstanding]
+                    deliveries = [d for d in deliveries if d.id not in self.in_flight]
                 else:
                     deliveries = await self._receive(free)
             except QueueError as exc:
@@ -275,7 +270,7 @@ class ConsumerRun:
                 continue
             backoff.reset()
             self._recorder.record_redis_available()
-            self._enqueue(deliveries)
+            self.in_flight.add(deliveries)
 
     async def _receive(self, count: int) -> list[Delivery]:
         if not tracing.active():
@@ -294,7 +289,7 @@ class ConsumerRun:
         cursor = "0-0"
         while True:
             await self.parts.outage.wait()
-            free = min(self._limit - len(self.outstanding), claim.count)
+            free = min(self.in_flight.free, claim.count)
             if free > 0:
                 try:
                     with tracing.messaging_span(
@@ -308,9 +303,9 @@ class ConsumerRun:
                 self._recorder.record_redis_available()
                 cursor = result.next_cursor
                 await self.parts.admission.report_deleted(result.deleted_ids)
-                fresh = [d for d in result.deliveries if d.id not in self.outstanding]
+                fresh = [d for d in result.deliveries if d.id not in self.in_flight]
                 self._recorder.record_claimed(len(fresh))
-                self._enqueue(fresh)
+                self.in_flight.add(fresh)
                 if cursor != "0-0":
                     continue
                 await self._update_lag()
@@ -338,7 +333,7 @@ class ConsumerRun:
         while True:
             await asyncio.sleep(interval)
             now = time.monotonic()
-            due = [i for i, touched in self.outstanding.items() if now - touched >= threshold]
+            due = self.in_flight.due(threshold, now)
             if not due:
                 continue
             try:
@@ -352,23 +347,22 @@ class ConsumerRun:
                     "acked); their idle time is left alone",
                     len(due) - len(touched),
                 )
-            for entry_id in due:
-                if entry_id in self.outstanding:
-                    self.outstanding[entry_id] = now
+            self.in_flight.refreshed(due, now)
 
     async def _work_loop(self) -> None:
         """One worker: messages one after another. While messages are waiting it keeps
         its connection between them (saving the pool round trip; every session still
         ends and resets it); when it runs out of work it gives the connection back."""
+        in_flight = self.in_flight
         lease = ConnectionLease(self._engine) if self._engine is not None else None
         try:
             while not self._draining:
-                if lease is not None and self._work.empty():
+                if lease is not None and in_flight.queue_empty:
                     await lease.close()
-                first = await self._work.get()
+                first = await in_flight.next()
                 if first is None or self._draining:
                     return  # unstarted entries stay pending and are handed back
-                batch = self._take_batch(first)
+                batch = in_flight.take_batch(first, self.config.batch_size)
                 try:
                     if len(batch) == 1 or lease is None:
                         for delivery in batch:
@@ -376,40 +370,10 @@ class ConsumerRun:
                     else:
                         await self._processor.process_batch(batch, self._handler, lease)
                 finally:
-                    for delivery in batch:
-                        self.outstanding.pop(delivery.id, None)
-                    self._slots_freed.set()
+                    in_flight.finished(batch)
         finally:
             if lease is not None:
                 await lease.close()
-
-    def _take_batch(self, first: Delivery) -> list[Delivery]:
-        """``first`` plus whatever is already waiting, up to ``batch_size``."""
-        batch = [first]
-        while len(batch) < self.config.batch_size and not self._work.empty():
-            item = self._work.get_nowait()
-            if item is None:
-                self._work.put_nowait(None)  # another worker's stop signal: leave it
-                break
-            batch.append(item)
-        return batch
-
-    async def _wait_for_capacity(self) -> int:
-        """Wait until a worthwhile batch (a quarter of the read-ahead) can be read."""
-        batch = max(1, self._limit // 4)
-        while self._limit - len(self.outstanding) < batch:
-            self._slots_freed.clear()
-            await self._slots_freed.wait()
-        return self._limit - len(self.outstanding)
-
-    def _enqueue(self, deliveries: list[Delivery]) -> None:
-        if deliveries:
-            failpoint("consumer.after_fetch")
-        self._recorder.record_received(len(deliveries))
-        now = time.monotonic()
-        for delivery in deliveries:
-            self.outstanding[delivery.id] = now
-            self._work.put_nowait(delivery)
 
 
 def effective_concurrency(wanted: int, engine: AsyncEngine | None) -> int:

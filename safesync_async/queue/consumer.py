@@ -212,14 +212,14 @@ class QueueConsumer:
         """The consumer's counters, and whether the database or Redis is down now."""
         run = self._run
         return self._parts.recorder.snapshot(
-            in_flight=len(run.outstanding) if run is not None else 0,
+            in_flight=len(run.in_flight) if run is not None else 0,
             ack_waiting=run.acks.waiting if run is not None else 0,
             database_unavailable=self._parts.outage.active,
         )
 
     async def _drained(self) -> bool:
         run = self._run
-        if not self._prepared or run is None or run.outstanding or run.acks.waiting:
+        if not self._prepared or run is None or len(run.in_flight) or run.acks.waiting:
             return False
         streams = self._parts.streams
         try:
