@@ -130,7 +130,7 @@ def _series(registry: CollectorRegistry, metric: str) -> dict[tuple[str, ...], f
 
 async def test_producer_stream_labels_are_bounded(redis: Redis, safesync_key_prefix: str) -> None:
     """800 producers, each on its own data-driven stream name, create a bounded number of
-    published series (the first streams by name, the rest under 'other'), and every entry
+    published series (the first 100 streams seen, the rest under "other"), and every entry
     is still counted."""
     registry = CollectorRegistry()
     for i in range(800):

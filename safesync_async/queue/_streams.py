@@ -11,7 +11,7 @@ from typing import Any, Protocol, cast
 
 from redis.asyncio import Redis
 
-from ..errors import QueueError, QueueUnavailableError
+from ..errors import QueueConnectionError, QueueError, QueueUnavailableError
 from ._errors import is_busy_group, redis_errors
 from .client import ServerInfo, check_redis_client, server_info
 
@@ -226,6 +226,8 @@ class GroupStream:
         try:
             with redis_errors("XGROUP CREATE", self.stream):
                 await self.redis.xgroup_create(self.stream, self.group, id=start_id, mkstream=True)
+        except QueueConnectionError:
+            raise
         except QueueUnavailableError:
             if await self._group_exists():
                 return False
