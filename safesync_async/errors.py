@@ -27,8 +27,9 @@ chained (``raise ... from exc``), so the original is always on ``__cause__``::
     ├── VersionConflictError                      OCC update matched no row
     ├── RetryExhaustedError                       retry_transaction gave up
     └── QueueError                                Redis Streams problems
-        ├── QueueConnectionError                  Redis unreachable / connection dropped
-        ├── ConsumerGroupMissingError             NOGROUP with on_missing_group="fail"
+        ├── QueueUnavailableError                 Redis refuses for now (OOM, read-only, ...)
+        │   └── QueueConnectionError              Redis unreachable / connection dropped
+        ├── ConsumerGroupMissingError             the group (or its stream) is gone
         ├── MessageDecodeError                    an entry could not be decoded
         ├── MessageEncodeError                    a payload could not be encoded
         └── UnsafeOperationError                  refused: would drop unacknowledged entries
@@ -60,6 +61,7 @@ __all__ = [
     "MultipleRowsError",
     "QueueConnectionError",
     "QueueError",
+    "QueueUnavailableError",
     "RetryExhaustedError",
     "RetryableTransactionError",
     "RollbackOnlyError",
@@ -223,12 +225,21 @@ class QueueError(SafeSyncError):
     """A Redis Streams operation failed."""
 
 
-class QueueConnectionError(QueueError):
+class QueueUnavailableError(QueueError):
+    """Redis cannot serve the command right now: an outage, not a fault of the command.
+    Out of memory under a ``noeviction`` policy (OOM), a read-only replica, a master or
+    cluster that is down or reconfiguring, a script running too long, and lost
+    connections (:class:`QueueConnectionError`) all land here. The consumer backs off and
+    retries."""
+
+
+class QueueConnectionError(QueueUnavailableError):
     """Redis could not be reached or the connection dropped."""
 
 
 class ConsumerGroupMissingError(QueueError):
-    """The consumer group is gone (NOGROUP) and the policy says not to recreate it."""
+    """The consumer group is gone (NOGROUP), or its stream was deleted, and the policy
+    (``on_missing_group="fail"``) says not to recreate it."""
 
 
 class MessageDecodeError(QueueError):

@@ -52,7 +52,7 @@ from .errors import (
     ConfigurationError,
     DatabaseDisconnectError,
     LockNotAvailableError,
-    QueueConnectionError,
+    QueueUnavailableError,
     RetryableTransactionError,
     RetryExhaustedError,
     SafeSyncError,
@@ -216,7 +216,7 @@ SafeSyncDep = Annotated[SafeSync, Depends(get_safesync)]
 _STATUS: tuple[tuple[type[SafeSyncError], int, str], ...] = (
     (CommitOutcomeUnknownError, 500, "the outcome of the transaction is unknown"),
     (DatabaseDisconnectError, 503, "the database is unavailable, retry later"),
-    (QueueConnectionError, 503, "the queue is unavailable, retry later"),
+    (QueueUnavailableError, 503, "the queue is unavailable, retry later"),
     (RetryExhaustedError, 409, "conflicting concurrent updates, retry"),
     (RetryableTransactionError, 409, "conflicting concurrent updates, retry"),
     (VersionConflictError, 409, "the resource changed meanwhile, reload and retry"),

@@ -3,7 +3,9 @@
 Every public entry point takes ``registry=``: a :class:`prometheus_client.CollectorRegistry`,
 ``None`` to record nothing, or (the default) the global ``prometheus_client.REGISTRY``.
 Collectors are created once per registry. Labels are bounded: stream, group, outcome,
-lock kind and a caller-given operation name; never message ids or consumer names.
+lock kind, outbox table and a caller-given operation name; never message ids or consumer
+names. Stream names can come from data (a stream per tenant), so a registry labels at most
+:data:`MAX_STREAM_LABELS` distinct streams and counts the others under ``"other"``.
 Recording never raises into user code: a failure is logged once and dropped.
 """
 
@@ -18,7 +20,14 @@ from typing import Any, Final
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["DEFAULT_REGISTRY", "Metrics", "RegistryArg", "metrics_for"]
+__all__ = [
+    "DEFAULT_REGISTRY",
+    "MAX_STREAM_LABELS",
+    "OTHER_STREAMS",
+    "Metrics",
+    "RegistryArg",
+    "metrics_for",
+]
 
 _log = logging.getLogger("safesync_async.metrics")
 
@@ -32,6 +41,10 @@ class _DefaultRegistry:
 DEFAULT_REGISTRY: Final = _DefaultRegistry()
 RegistryArg = CollectorRegistry | _DefaultRegistry | None
 
+#: Distinct ``stream`` label values one registry records; later streams count as OTHER_STREAMS.
+MAX_STREAM_LABELS: Final = 100
+OTHER_STREAMS: Final = "other"
+
 _LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip
@@ -43,9 +56,11 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None) -> None:
         self.enabled = registry is not None
         self._warned = False
+        self._warned_streams = False
         # Labelled children, looked up once: labels() takes a lock and builds a key.
         self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
         self._readers: dict[tuple[str, tuple[str, ...]], list[Callable[[], float]]] = {}
+        self._streams: set[str] = set()
         if registry is None:
             return
         r = registry
@@ -132,6 +147,13 @@ class Metrics:
             ["stream", "group"],
             registry=r,
         )
+        self.database_outages = Counter(
+            "safesync_queue_database_outages_total",
+            "Deliveries that failed because the database was unavailable (an outage); the "
+            "consumer kept them pending without spending a delivery.",
+            ["stream", "group"],
+            registry=r,
+        )
         self.groups_recreated = Counter(
             "safesync_queue_groups_recreated_total",
             "Consumer groups found missing (NOGROUP) and created again.",
@@ -146,10 +168,33 @@ class Metrics:
         )
         self.published = Counter(
             "safesync_queue_published_total",
-            "Entries added to a stream by the producer or the outbox relay.",
+            "Entries added to a stream by a QueueProducer.",
             ["stream"],
             registry=r,
         )
+        self.outbox_relayed = Counter(
+            "safesync_queue_outbox_relayed_total",
+            "Outbox rows published to their streams by an OutboxRelay.",
+            ["table"],
+            registry=r,
+        )
+
+    def stream_label(self, stream: str) -> str:
+        """The ``stream`` label value for ``stream``: itself for the first
+        MAX_STREAM_LABELS distinct streams of this registry, OTHER_STREAMS after."""
+        if stream in self._streams or not self.enabled:
+            return stream
+        if len(self._streams) >= MAX_STREAM_LABELS:
+            if not self._warned_streams:
+                self._warned_streams = True
+                _log.warning(
+                    "more than %d distinct streams: metrics count further streams under stream=%r",
+                    MAX_STREAM_LABELS,
+                    OTHER_STREAMS,
+                )
+            return OTHER_STREAMS
+        self._streams.add(stream)
+        return stream
 
     def failed(self, exc: Exception) -> None:
         """Record that recording failed; logged once, never raised."""

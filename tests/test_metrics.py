@@ -15,6 +15,8 @@ from safesync_async import (
     AdvisoryLock,
     DbSession,
     DuplicateKeyError,
+    Outbox,
+    OutboxRelay,
     QueueConfig,
     QueueConsumer,
     QueueMessage,
@@ -113,3 +115,49 @@ def test_tracked_gauge_sums_its_readers_until_they_are_removed() -> None:
     first()
     first()  # removing twice is harmless
     assert registry.get_sample_value("safesync_queue_in_flight_messages", labels) == 3
+
+
+def _series(registry: CollectorRegistry, metric: str) -> dict[tuple[str, ...], float]:
+    """Label values -> value of every ``_total`` sample of a counter."""
+    return {
+        tuple(sample.labels.values()): sample.value
+        for family in registry.collect()
+        if family.name == metric
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    }
+
+
+async def test_producer_stream_labels_are_bounded(redis: Redis, safesync_key_prefix: str) -> None:
+    """800 producers, each on its own data-driven stream name, create a bounded number of
+    published series (the first 100 streams seen, the rest under "other"), and every entry
+    is still counted."""
+    registry = CollectorRegistry()
+    for i in range(800):
+        await QueueProducer(redis, f"{safesync_key_prefix}s{i}", registry=registry).publish({})
+    series = _series(registry, "safesync_queue_published")
+    assert len(series) <= 101
+    assert series[("other",)] == 800 - (len(series) - 1)
+    assert sum(series.values()) == 800
+
+
+async def test_outbox_relay_metrics_do_not_follow_row_streams(
+    engine: AsyncEngine, redis: Redis, safesync_key_prefix: str, unique_name: Any
+) -> None:
+    """An outbox relay moving rows for 800 different streams records one series (labelled
+    by its outbox table), not one per stream, and counts every row."""
+    registry = CollectorRegistry()
+    outbox = Outbox(unique_name("outbox"))
+    await outbox.create_table(engine)
+    try:
+        async with DbSession(engine, registry=None) as session:
+            for i in range(800):
+                await outbox.add(session, f"{safesync_key_prefix}s{i}", {"i": i})
+        relay = OutboxRelay(engine, redis, outbox, batch_size=500, registry=registry)
+        while await relay.relay_once():
+            pass
+    finally:
+        async with engine.begin() as conn:
+            await conn.run_sync(outbox.table.drop)
+    assert _series(registry, "safesync_queue_published") == {}
+    assert _series(registry, "safesync_queue_outbox_relayed") == {(outbox.name,): 800}

@@ -27,13 +27,13 @@ from ..errors import (
     MessageDecodeError,
     SafeSyncError,
 )
+from ..queue._errors import redis_errors
+from ..queue._streams import GroupStream, PendingEntry, parse_groups
 from ..queue.client import create_redis_client
 from ..queue.dead_letters import PREFIX, DeadLetter, DeadLetterReason, parse_dead_letter
-from ..queue.errors import redis_errors
 from ..queue.health import ConsumerHealth, GroupHealth, StreamHealth
 from ..queue.outbox import Outbox, OutboxStatus
 from ..queue.producer import QueueProducer
-from ..queue.streams import GroupStream, PendingEntry
 
 __all__ = [
     "EXIT_ERROR",
@@ -207,13 +207,14 @@ async def _summarise(redis: Redis, key: bytes) -> StreamSummary | None:
             length, groups = await pipe.execute(raise_on_error=False)
     if isinstance(groups, Exception):
         return None
-    lags = [group.get("lag") for group in groups]
-    known = [int(lag) for lag in lags if lag is not None]
+    infos = parse_groups(groups)
+    lags = [group.lag for group in infos]
+    known = [lag for lag in lags if lag is not None]
     return StreamSummary(
         stream=name,
         length=int(length),
-        groups=len(groups),
-        pending=sum(int(group["pending"]) for group in groups),
+        groups=len(infos),
+        pending=sum(group.pending for group in infos),
         max_lag=max(known) if known and len(known) == len(lags) else None,
     )
 

@@ -13,7 +13,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 from ..errors import ConfigurationError, QueueError
-from .errors import redis_errors
+from ._errors import redis_errors
 
 __all__ = ["ServerInfo", "check_redis_client", "create_redis_client", "server_info"]
 

@@ -7,10 +7,23 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .._validation import check_int, check_seconds
 from ..errors import ConfigurationError
 from .codec import Codec, JsonCodec
 
 __all__ = ["QueueConfig"]
+
+# Integer settings and their minimum values; the optional ones may also be None.
+_INTS = {
+    "block_ms": 1,
+    "concurrency": 1,
+    "batch_size": 1,
+    "claim_min_idle_ms": 0,
+    "claim_count": 1,
+    "max_message_bytes": 1,
+    "transaction_retries": 0,
+}
+_OPTIONAL_INTS = {"prefetch": 0, "max_deliveries": 1, "claim_interval_ms": 1}
 
 
 def _default_consumer_name() -> str:
@@ -48,8 +61,12 @@ class QueueConfig:
             dedicated ``run_claim_stale`` worker instead).
         claim_count: entries claimed per recovery step at most.
         max_message_bytes: entries larger than this are dead-lettered without decoding.
-        handler_timeout: seconds a handler (with its commit) may take; on expiry it is
-            cancelled and counted as a failure. ``None``: no limit.
+        handler_timeout: seconds a handler may take (with the session's start, without
+            its COMMIT); on expiry it is cancelled, rolled back and counted as a failure.
+            The COMMIT is bounded separately, by the same number of seconds, as the
+            session's ``cleanup_timeout``: a COMMIT that does not answer in time is an
+            unknown outcome (redelivered, never dead-lettered), and a COMMIT confirmed
+            late is acked. ``None``: no limit (COMMIT bounded by 30 s).
         transaction_retries: with an engine, how many times a handler's transaction
             (or a batch's) that failed with a deadlock, lock wait timeout, serialization
             failure or :class:`VersionConflictError` is run again at once, after a short
@@ -93,23 +110,14 @@ class QueueConfig:
             value = getattr(self, name)
             if not isinstance(value, str) or not value:
                 raise ConfigurationError(f"QueueConfig.{name} must be a non-empty string")
-        _positive_int("block_ms", self.block_ms, minimum=1)
-        _positive_int("concurrency", self.concurrency, minimum=1)
-        _positive_int("batch_size", self.batch_size, minimum=1)
-        _positive_int("claim_min_idle_ms", self.claim_min_idle_ms, minimum=0)
-        _positive_int("claim_count", self.claim_count, minimum=1)
-        _positive_int("max_message_bytes", self.max_message_bytes, minimum=1)
-        _positive_int("transaction_retries", self.transaction_retries, minimum=0)
-        if self.prefetch is not None:
-            _positive_int("prefetch", self.prefetch, minimum=0)
-        if self.max_deliveries is not None:
-            _positive_int("max_deliveries", self.max_deliveries, minimum=1)
-        if self.claim_interval_ms is not None:
-            _positive_int("claim_interval_ms", self.claim_interval_ms, minimum=1)
+        for name, minimum in _INTS.items():
+            check_int(f"QueueConfig.{name}", getattr(self, name), minimum=minimum)
+        for name, minimum in _OPTIONAL_INTS.items():
+            if getattr(self, name) is not None:
+                check_int(f"QueueConfig.{name}", getattr(self, name), minimum=minimum)
         for name in ("drain_timeout", "reconnect_initial_delay", "reconnect_max_delay"):
-            _positive_float(name, getattr(self, name))
-        if self.handler_timeout is not None:
-            _positive_float("handler_timeout", self.handler_timeout)
+            check_seconds(f"QueueConfig.{name}", getattr(self, name))
+        check_seconds("QueueConfig.handler_timeout", self.handler_timeout, allow_none=True)
         if self.on_missing_group not in ("recreate", "fail"):
             raise ConfigurationError("on_missing_group must be 'recreate' or 'fail'")
         if (
@@ -132,13 +140,3 @@ class QueueConfig:
         """Entries held at once (being handled plus prefetched) for a concurrency."""
         held = concurrency * self.batch_size
         return held + (held if self.prefetch is None else self.prefetch)
-
-
-def _positive_int(name: str, value: object, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigurationError(f"QueueConfig.{name} must be an int >= {minimum}, got {value!r}")
-
-
-def _positive_float(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ConfigurationError(f"QueueConfig.{name} must be a number > 0, got {value!r}")

@@ -8,8 +8,9 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from ._errors import redis_errors
+from ._streams import GroupInfo, read_groups, text
 from .client import server_info
-from .errors import redis_errors
 from .models import entry_timestamp_ms
 
 __all__ = ["ConsumerHealth", "GroupHealth", "StreamHealth", "stream_health"]
@@ -72,8 +73,30 @@ def _inactive(consumer: dict[str, Any]) -> int | None:
     return None if value is None or int(value) < 0 else int(value)
 
 
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+async def _group_health(redis: Redis, stream: str, group: GroupInfo, sample: int) -> GroupHealth:
+    with redis_errors("stream health", stream):
+        consumers = tuple(
+            ConsumerHealth(text(c["name"]), int(c["pending"]), int(c["idle"]), _inactive(c))
+            for c in await redis.xinfo_consumers(stream, group.name)
+        )
+        oldest = await redis.xpending_range(stream, group.name, "-", "+", sample)
+    oldest_id = text(oldest[0]["message_id"]) if oldest else None
+    age = (
+        max(0.0, time.time() - entry_timestamp_ms(oldest_id) / 1000)
+        if oldest_id is not None
+        else None
+    )
+    return GroupHealth(
+        name=group.name,
+        pending=group.pending,
+        lag=group.lag,
+        last_delivered_id=group.last_delivered_id,
+        oldest_pending_id=oldest_id,
+        oldest_pending_age_s=age,
+        oldest_pending_idle_s=int(oldest[0]["time_since_delivered"]) / 1000 if oldest else None,
+        max_delivery_count=max((int(r["times_delivered"]) for r in oldest), default=0),
+        consumers=consumers,
+    )
 
 
 async def stream_health(
@@ -90,42 +113,17 @@ async def stream_health(
         if not exists:
             return StreamHealth(stream, False, 0, None, None, (), dead, persistence)
         info = await redis.xinfo_stream(stream)
-        groups = []
-        for group in await redis.xinfo_groups(stream):
-            name = _text(group["name"])
-            consumers = tuple(
-                ConsumerHealth(_text(c["name"]), int(c["pending"]), int(c["idle"]), _inactive(c))
-                for c in await redis.xinfo_consumers(stream, name)
-            )
-            oldest = await redis.xpending_range(stream, name, "-", "+", sample)
-            oldest_id = _text(oldest[0]["message_id"]) if oldest else None
-            age = (
-                max(0.0, time.time() - entry_timestamp_ms(oldest_id) / 1000)
-                if oldest_id is not None
-                else None
-            )
-            groups.append(
-                GroupHealth(
-                    name=name,
-                    pending=int(group["pending"]),
-                    lag=group.get("lag"),
-                    last_delivered_id=_text(group["last-delivered-id"]),
-                    oldest_pending_id=oldest_id,
-                    oldest_pending_age_s=age,
-                    oldest_pending_idle_s=(
-                        int(oldest[0]["time_since_delivered"]) / 1000 if oldest else None
-                    ),
-                    max_delivery_count=max((int(r["times_delivered"]) for r in oldest), default=0),
-                    consumers=consumers,
-                )
-            )
+    groups = [
+        await _group_health(redis, stream, group, sample)
+        for group in await read_groups(redis, stream)
+    ]
     first, last = info.get("first-entry"), info.get("last-entry")
     return StreamHealth(
         stream=stream,
         exists=True,
         length=int(info["length"]),
-        first_id=_text(first[0]) if first else None,
-        last_id=_text(last[0]) if last else None,
+        first_id=text(first[0]) if first else None,
+        last_id=text(last[0]) if last else None,
         groups=tuple(groups),
         dead_letters=dead,
         persistence=persistence,

@@ -27,14 +27,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .. import tracing
 from .._failpoints import failpoint
+from .._validation import check_int, check_seconds
 from ..db import tables
 from ..db.identifiers import validate_identifier
 from ..db.session import DbSession
 from ..errors import ConfigurationError, DatabaseError, QueueError
 from ..metrics import DEFAULT_REGISTRY, RegistryArg, metrics_for
-from .backoff import Backoff
+from ._backoff import Backoff
+from ._errors import redis_errors
 from .codec import Codec, JsonCodec
-from .errors import redis_errors
 from .models import IDEMPOTENCY_KEY_FIELD
 
 __all__ = ["Outbox", "OutboxRelay", "OutboxStatus"]
@@ -146,8 +147,9 @@ class Outbox:
         self, engine: AsyncEngine, older_than: timedelta, *, batch_size: int = 5_000
     ) -> int:
         """Delete rows sent more than ``older_than`` ago; returns how many."""
-        if older_than <= timedelta(0) or batch_size < 1:
-            raise ConfigurationError("older_than must be positive and batch_size >= 1")
+        if older_than <= timedelta(0):
+            raise ConfigurationError(f"older_than must be positive, got {older_than!r}")
+        check_int("batch_size", batch_size, minimum=1)
         cutoff = _now() - older_than
         t = self.table.c
         deleted = 0
@@ -187,8 +189,13 @@ class OutboxRelay:
         reconnect_max_delay: float = 10.0,
         registry: RegistryArg = DEFAULT_REGISTRY,
     ) -> None:
-        if batch_size < 1 or not poll_interval > 0:
-            raise ConfigurationError("batch_size must be >= 1 and poll_interval > 0")
+        check_int("batch_size", batch_size, minimum=1)
+        for name, seconds in (
+            ("poll_interval", poll_interval),
+            ("lock_timeout", lock_timeout),
+            ("reconnect_max_delay", reconnect_max_delay),
+        ):
+            check_seconds(name, seconds)
         self.engine = engine
         self.redis = redis
         self.outbox = outbox
@@ -268,9 +275,8 @@ class OutboxRelay:
                 .values(sent_at=_now(), entry_id=sa.case(entry_ids, value=t.id))
             )
         self.published += len(rows)
-        for stream in {r["stream"] for r in rows}:
-            count = sum(1 for r in rows if r["stream"] == stream)
-            self._metrics.inc("published", stream, amount=count)
+        # One series per outbox table: the rows' streams come from data, without bound.
+        self._metrics.inc("outbox_relayed", self.outbox.name, amount=len(rows))
         _log.debug("relayed %d outbox rows in %.3f s", len(rows), time.perf_counter() - started)
         return len(rows)
 

@@ -9,10 +9,12 @@ from typing import Any, cast
 from redis.asyncio import Redis
 
 from .. import tracing
-from ..errors import ConfigurationError, QueueError, UnsafeOperationError
+from .._validation import check_int
+from ..errors import ConfigurationError, UnsafeOperationError
 from ..metrics import DEFAULT_REGISTRY, RegistryArg, metrics_for
+from ._errors import redis_errors
+from ._streams import read_groups, text
 from .codec import Codec, JsonCodec
-from .errors import redis_errors
 from .models import IDEMPOTENCY_KEY_FIELD
 
 __all__ = ["QueueProducer", "safe_trim_boundary"]
@@ -49,6 +51,7 @@ class QueueProducer:
         self._trace_context = trace_context
         self._codec: Codec[Any] = codec if codec is not None else JsonCodec()
         self._metrics = metrics_for(registry)
+        self._stream_label = self._metrics.stream_label(stream_key)
 
     def fields_for(
         self,
@@ -87,15 +90,14 @@ class QueueProducer:
             fields = self.fields_for(payload, idempotency_key=idempotency_key, headers=headers)
             with redis_errors("XADD", self.stream_key):
                 entry_id = await self.redis.xadd(self.stream_key, cast(Any, fields))
-        self._metrics.inc("published", self.stream_key)
-        return _text(entry_id)
+        self._metrics.inc("published", self._stream_label)
+        return text(entry_id)
 
     async def publish_batch(self, payloads: Iterable[Any], *, chunk_size: int = 500) -> list[str]:
         """Add many entries with pipelined XADDs (one round trip per ``chunk_size``);
         returns their ids in order. Not atomic: on an error, the ids added so far are
         lost to the caller, so give entries idempotency keys if you may retry."""
-        if chunk_size < 1:
-            raise ConfigurationError("chunk_size must be >= 1")
+        check_int("chunk_size", chunk_size, minimum=1)
         ids: list[str] = []
         chunk: list[Any] = []
         for payload in payloads:
@@ -123,8 +125,8 @@ class QueueProducer:
                 for fields in entries:
                     pipe.xadd(self.stream_key, cast(Any, fields))
                 replies = await pipe.execute()
-        self._metrics.inc("published", self.stream_key, amount=len(replies))
-        return [_text(r) for r in replies]
+        self._metrics.inc("published", self._stream_label, amount=len(replies))
+        return [text(r) for r in replies]
 
     async def trim(self, max_length: int, *, strict: bool = False) -> int:
         """Remove the oldest entries beyond ``max_length``, but only entries every group
@@ -135,8 +137,7 @@ class QueueProducer:
         :class:`UnsafeOperationError` instead and removes nothing. Call it periodically:
         it reads the ids it is about to drop, which is cheap for routine trims.
         """
-        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 0:
-            raise ConfigurationError("max_length must be an int >= 0")
+        check_int("max_length", max_length, minimum=0)
         with redis_errors("XLEN", self.stream_key):
             length = int(await self.redis.xlen(self.stream_key))
         excess = length - max_length
@@ -169,25 +170,22 @@ class QueueProducer:
             if not rows:
                 return None
             if remaining < len(rows):
-                return _text(rows[remaining][0])
+                return text(rows[remaining][0])
             remaining -= len(rows)
-            start = "(" + _text(rows[-1][0])
+            start = "(" + text(rows[-1][0])
 
 
 async def safe_trim_boundary(redis: Redis, stream: str) -> str | None:
     """The smallest id some group still needs (oldest pending, or first undelivered);
     entries below it are acknowledged by every group. ``None`` if the stream has no group."""
-    with redis_errors("XINFO GROUPS", stream):
-        groups = await redis.xinfo_groups(stream)
     boundary: str | None = None
-    for group in groups:
-        name = group["name"]
-        if int(group.get("pending") or 0) > 0:
+    for group in await read_groups(redis, stream):
+        if group.pending > 0:
             with redis_errors("XPENDING", stream):
-                summary = await redis.xpending(stream, name)
-            needed = _text(summary["min"])
+                summary = await redis.xpending(stream, group.name)
+            needed = text(summary["min"])
         else:
-            needed = _successor(_text(group["last-delivered-id"]))
+            needed = _successor(group.last_delivered_id)
         if boundary is None or _id_key(needed) < _id_key(boundary):
             boundary = needed
     return boundary
@@ -201,11 +199,3 @@ def _id_key(entry_id: str) -> tuple[int, int]:
 def _successor(entry_id: str) -> str:
     ms, seq = _id_key(entry_id)
     return f"{ms}-{seq + 1}"
-
-
-def _text(value: object) -> str:
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, str):
-        return value
-    raise QueueError(f"unexpected Redis reply {value!r}")

@@ -22,9 +22,9 @@ from safesync_async import (
     create_redis_client,
     parse_dead_letter,
 )
-from safesync_async.queue.backoff import Backoff
+from safesync_async.queue._backoff import Backoff
+from safesync_async.queue._streams import read_response_entries
 from safesync_async.queue.dead_letters import dead_letter_fields
-from safesync_async.queue.streams import _read_response_entries
 
 
 def test_json_codec_is_seed_wire_compatible() -> None:
@@ -90,12 +90,12 @@ def test_reply_shapes_are_normalised() -> None:
     a deleted entry's missing fields become an empty dict."""
     entries = [(b"1-0", {b"data": b"1"}), (b"2-0", {})]
     expected = [("1-0", {b"data": b"1"}), ("2-0", {})]
-    assert _read_response_entries([[b"s", entries]]) == expected
-    assert _read_response_entries({b"s": entries}) == expected
-    assert _read_response_entries({b"s": [entries]}) == expected
-    assert _read_response_entries([[b"s", [(b"3-0", None)]]]) == [("3-0", {})]
-    assert _read_response_entries([]) == []
-    assert _read_response_entries({}) == []
+    assert read_response_entries([[b"s", entries]]) == expected
+    assert read_response_entries({b"s": entries}) == expected
+    assert read_response_entries({b"s": [entries]}) == expected
+    assert read_response_entries([[b"s", [(b"3-0", None)]]]) == [("3-0", {})]
+    assert read_response_entries([]) == []
+    assert read_response_entries({}) == []
 
 
 def test_dead_letter_fields_round_trip() -> None:

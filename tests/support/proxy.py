@@ -1,4 +1,4 @@
-"""A small asyncio TCP proxy for fault injection: freeze, reset, or cut a connection
+"""A small asyncio TCP proxy for fault injection: freeze, reset, cut or delay a connection
 when the client sends given bytes (e.g. the COMMIT packet)."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ class Action(enum.Enum):
     RESET = "reset"  # close both sides before the bytes reach the server
     FREEZE = "freeze"  # forward nothing more from this client, keep the sockets open
     CUT_AFTER = "cut_after"  # forward the bytes, then close the client side: no reply
+    DELAY = "delay"  # forward the bytes after ``Trigger.delay`` seconds: a slow statement
 
 
 @dataclass
@@ -25,6 +26,7 @@ class Trigger:
     action: Action
     fired: asyncio.Event = field(default_factory=asyncio.Event)
     once: bool = True
+    delay: float = 0.0
 
 
 class TcpProxy:
@@ -56,8 +58,8 @@ class TcpProxy:
                 await task
         await self._server.wait_closed()
 
-    def add_trigger(self, pattern: bytes, action: Action) -> Trigger:
-        trigger = Trigger(pattern, action)
+    def add_trigger(self, pattern: bytes, action: Action, *, delay: float = 0.0) -> Trigger:
+        trigger = Trigger(pattern, action, delay=delay)
         self.triggers.append(trigger)
         return trigger
 
@@ -106,7 +108,8 @@ class TcpProxy:
                     break
                 if self._frozen.is_set():
                     await asyncio.Event().wait()  # hang forever, like a frozen peer
-                action = self._match(data) if client_side else None
+                trigger = self._match(data) if client_side else None
+                action = trigger.action if trigger is not None else None
                 if action is Action.RESET:
                     client.transport.abort()
                     upstream.transport.abort()
@@ -115,6 +118,8 @@ class TcpProxy:
                     await asyncio.Event().wait()  # this connection only
                 if action is Action.CUT_AFTER:
                     self._muted.add(client)  # the reply must never reach the client
+                if trigger is not None and action is Action.DELAY:
+                    await asyncio.sleep(trigger.delay)
                 if writer in self._muted:
                     continue
                 writer.write(data)
@@ -128,11 +133,11 @@ class TcpProxy:
             with contextlib.suppress(Exception):
                 writer.transport.abort()
 
-    def _match(self, data: bytes) -> Action | None:
+    def _match(self, data: bytes) -> Trigger | None:
         for trigger in self.triggers:
             if trigger.pattern in data and not (trigger.once and trigger.fired.is_set()):
                 trigger.fired.set()
-                return trigger.action
+                return trigger
         return None
 
 

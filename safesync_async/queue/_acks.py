@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 
 from .. import tracing
 from .._failpoints import failpoint
-from ..errors import QueueConnectionError
-from .backoff import Backoff
-from .streams import GroupStream
+from ..errors import QueueUnavailableError
+from ._backoff import Backoff
+from ._statistics import ConsumerRecorder
+from ._streams import StreamOperations
 
 __all__ = ["AckBatcher"]
 
@@ -23,21 +23,15 @@ class AckBatcher:
 
     There is no timer: while one XACK is on the wire, the ids of messages committed
     meanwhile gather for the next one, so batches grow with load and latency stays one
-    round trip. On a connection error the ids are kept and retried with backoff.
+    round trip. While Redis is unavailable the ids are kept and retried with backoff.
     """
 
     def __init__(
-        self,
-        streams: GroupStream,
-        backoff: Backoff,
-        *,
-        on_acked: Callable[[int, int, float], None],
-        on_connection_error: Callable[[QueueConnectionError], None],
+        self, streams: StreamOperations, backoff: Backoff, recorder: ConsumerRecorder
     ) -> None:
         self._streams = streams
         self._backoff = backoff
-        self._on_acked = on_acked
-        self._on_connection_error = on_connection_error
+        self._recorder = recorder
         self._ids: list[str] = []
         self._wakeup = asyncio.Event()
         self._closing = False
@@ -76,9 +70,9 @@ class AckBatcher:
             ):
                 acked = await self._streams.ack(ids)
             failpoint("ack.after")
-        except QueueConnectionError as exc:
+        except QueueUnavailableError as exc:
             self._ids[:0] = ids
-            self._on_connection_error(exc)
+            self._recorder.record_redis_unavailable(exc)
             await self._backoff.sleep()
             return
         except BaseException:
@@ -93,4 +87,4 @@ class AckBatcher:
                 acked,
                 len(ids),
             )
-        self._on_acked(len(ids), acked, time.perf_counter() - started)
+        self._recorder.record_acks(len(ids), acked, time.perf_counter() - started)

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..errors import QueueConnectionError
+from ..errors import QueueUnavailableError
 from ..metrics import Metrics
 
 __all__ = ["ConsumerRecorder", "ConsumerStatistics"]
@@ -16,7 +16,32 @@ _log = logging.getLogger("safesync_async.queue.consumer")
 
 @dataclass(frozen=True, slots=True)
 class ConsumerStatistics:
-    """Counters of one consumer since it was created (see ``QueueConsumer.statistics``)."""
+    """Counters of one consumer since it was created (see ``QueueConsumer.statistics``).
+
+    Attributes:
+        received: entries read or claimed.
+        acked: entries acknowledged after their transaction committed (or handler
+            returned).
+        failed: deliveries whose handling did not commit, whatever the reason (the
+            database outages below included).
+        dead_lettered: entries moved to the dead-letter stream.
+        duplicates: redeliveries the inbox recognised and skipped.
+        claimed: stale entries claimed from the pending list.
+        deleted_while_pending: entries found deleted or trimmed while pending
+            (tombstones in the dead-letter stream).
+        handed_back: unstarted entries handed back at a graceful stop.
+        reconnects: Redis connection losses and refusals (OOM, read-only replica) after
+            which the consumer backed off and retried.
+        groups_recreated: consumer groups found missing and created again.
+        in_flight: entries held now (being handled or read ahead).
+        ack_waiting: committed entries whose XACK is not confirmed yet.
+        database_outages: failed deliveries that were database outages (see
+            ``DatabaseUnavailableError``): kept pending without spending a delivery.
+        database_unavailable: the last database result was an outage (reads are backing
+            off); cleared by the next commit. For readiness checks.
+        redis_unavailable: the last Redis command failed with a connection loss or a
+            refusal; cleared by the next successful one. For readiness checks.
+    """
 
     received: int
     acked: int
@@ -30,6 +55,9 @@ class ConsumerStatistics:
     groups_recreated: int
     in_flight: int
     ack_waiting: int
+    database_outages: int = 0
+    database_unavailable: bool = False
+    redis_unavailable: bool = False
 
 
 class ConsumerRecorder:
@@ -37,7 +65,7 @@ class ConsumerRecorder:
 
     def __init__(self, metrics: Metrics, stream: str, group: str) -> None:
         self._metrics = metrics
-        self._labels = (stream, group)
+        self._labels = (metrics.stream_label(stream), group)
         self.received = 0
         self.acked = 0
         self.failed = 0
@@ -48,8 +76,16 @@ class ConsumerRecorder:
         self.handed_back = 0
         self.reconnects = 0
         self.groups_recreated = 0
+        self.database_outages = 0
+        self.redis_unavailable = False
 
-    def snapshot(self, *, in_flight: int, ack_waiting: int) -> ConsumerStatistics:
+    @property
+    def metrics_enabled(self) -> bool:
+        return self._metrics.enabled
+
+    def snapshot(
+        self, *, in_flight: int, ack_waiting: int, database_unavailable: bool
+    ) -> ConsumerStatistics:
         return ConsumerStatistics(
             received=self.received,
             acked=self.acked,
@@ -63,6 +99,9 @@ class ConsumerRecorder:
             groups_recreated=self.groups_recreated,
             in_flight=in_flight,
             ack_waiting=ack_waiting,
+            database_outages=self.database_outages,
+            database_unavailable=database_unavailable,
+            redis_unavailable=self.redis_unavailable,
         )
 
     def record_received(self, count: int) -> None:
@@ -70,12 +109,19 @@ class ConsumerRecorder:
 
     def record_acks(self, sent: int, acked: int, seconds: float) -> None:
         self.acked += sent
+        self.redis_unavailable = False
         self._metrics.inc("messages", *self._labels, "acked", amount=sent)
         self._metrics.observe("ack_seconds", seconds, *self._labels)
 
-    def record_failure(self) -> None:
-        self.failed += 1
-        self._metrics.inc("messages", *self._labels, "failed")
+    def record_failure(self, count: int = 1) -> None:
+        self.failed += count
+        self._metrics.inc("messages", *self._labels, "failed", amount=count)
+
+    def record_database_outage(self, count: int) -> None:
+        """``count`` deliveries failed because the database was unavailable."""
+        self.record_failure(count)
+        self.database_outages += count
+        self._metrics.inc("database_outages", *self._labels, amount=count)
 
     def record_dead_letter(self, *, tombstone: bool) -> None:
         if tombstone:
@@ -98,10 +144,14 @@ class ConsumerRecorder:
     def record_handed_back(self, count: int) -> None:
         self.handed_back += count
 
-    def record_connection_error(self, exc: QueueConnectionError) -> None:
+    def record_redis_unavailable(self, exc: QueueUnavailableError) -> None:
         self.reconnects += 1
+        self.redis_unavailable = True
         self._metrics.inc("reconnects", *self._labels)
-        _log.warning("Redis connection problem, backing off: %s", exc)
+        _log.warning("Redis unavailable, backing off: %s", exc)
+
+    def record_redis_available(self) -> None:
+        self.redis_unavailable = False
 
     def record_group_recreated(self) -> None:
         self.groups_recreated += 1

@@ -1,0 +1,303 @@
+"""What happens to an admitted message: handled in its own transaction (or a batch's),
+acked once the COMMIT is confirmed, or kept pending as a failure, an unknown outcome or a
+database outage."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol, TypeVar, cast
+
+from .. import tracing
+from .._failpoints import failpoint
+from ..db.lease import ConnectionLease
+from ..db.retry import RETRYABLE_ERRORS, jittered_delay, retry_reason
+from ..db.session import DEFAULT_CLEANUP_TIMEOUT, DbSession, TransactionOutcome
+from ..errors import CommitOutcomeUnknownError, QueueError
+from ..metrics import RegistryArg, metrics_for
+from ._acks import AckBatcher
+from ._admission import Admission
+from ._outages import DatabaseOutage, is_database_outage
+from ._statistics import ConsumerRecorder
+from ._streams import Delivery, StreamOperations
+from .config import QueueConfig
+from .dead_letters import DeadLetterReason
+from .models import QueueMessage
+
+__all__ = ["DbHandler", "Handler", "InboxStore", "MessageProcessor"]
+
+_log = logging.getLogger("safesync_async.queue.consumer")
+
+Handler = Callable[[QueueMessage[Any]], Awaitable[None]]
+DbHandler = Callable[[QueueMessage[Any], DbSession], Awaitable[None]]
+
+# Pause before re-running a transaction that lost a lock conflict: full jitter, doubling.
+_RETRY_BASE_DELAY = 0.005
+_RETRY_MAX_DELAY = 0.2
+_NO_CONTEXT = contextlib.nullcontext()  # reusable: "no span", "no time limit"
+_T = TypeVar("_T")
+
+
+class InboxStore(Protocol):
+    """What the consumer needs of an inbox (see :class:`safesync_async.Inbox`)."""
+
+    async def record(self, session: DbSession, group: str, message: QueueMessage[Any]) -> bool:
+        """Insert the message's key; False if it was already processed (a duplicate)."""
+        ...
+
+
+class MessageProcessor:
+    """Handles the deliveries of one run; committed ones go to ``acks``."""
+
+    def __init__(
+        self,
+        config: QueueConfig,
+        streams: StreamOperations,
+        recorder: ConsumerRecorder,
+        admission: Admission,
+        outage: DatabaseOutage,
+        acks: AckBatcher,
+        *,
+        inbox: InboxStore | None,
+        registry: RegistryArg,
+        on_fatal: Callable[[BaseException], None],
+    ) -> None:
+        self.config = config
+        self._streams = streams
+        self._recorder = recorder
+        self._admission = admission
+        self._outage = outage
+        self._acks = acks
+        self._inbox = inbox
+        self._registry = registry
+        self._metrics = metrics_for(registry)
+        self._on_fatal = on_fatal
+        self._operation = f"consume:{config.stream_key}"
+
+    async def process(
+        self, delivery: Delivery, handler: DbHandler | Handler, lease: ConnectionLease | None
+    ) -> None:
+        message = await self._admission.admit(delivery)
+        if message is not None:
+            await self._process_admitted(delivery, message, handler, lease)
+
+    async def process_batch(
+        self, batch: list[Delivery], handler: DbHandler | Handler, lease: ConnectionLease
+    ) -> None:
+        """Batch mode: all messages in one transaction, one COMMIT, acks together. If the
+        batch fails, it is rolled back and its messages are handled one by one, so one
+        bad message costs the batch a retry, not the others their delivery."""
+        admitted = []
+        for delivery in batch:
+            message = await self._admission.admit(delivery)
+            if message is not None:
+                admitted.append((delivery, message))
+        if not admitted:
+            return
+        deliveries = [delivery for delivery, _ in admitted]
+
+        async def body(session: DbSession) -> int:
+            duplicates = 0
+            for _, message in admitted:
+                with self._message_span(message):
+                    duplicates += await self._handle_in(session, message, handler)
+            return duplicates
+
+        started = time.perf_counter()
+        try:
+            await self._attempts(lambda: self._transaction(deliveries, body, lease), lease)
+        except Exception as exc:
+            if is_database_outage(exc, lease) or isinstance(exc, CommitOutcomeUnknownError):
+                await self._failed(deliveries, exc, lease)  # nothing to learn one by one
+                return
+            _log.info("batch of %d failed (%r); handling its messages one by one", len(batch), exc)
+            for delivery, message in admitted:
+                await self._process_admitted(delivery, message, handler, lease)
+        finally:
+            self._recorder.record_handler_time(time.perf_counter() - started)
+
+    # -- one message -------------------------------------------------------------------
+
+    async def _process_admitted(
+        self,
+        delivery: Delivery,
+        message: QueueMessage[Any],
+        handler: DbHandler | Handler,
+        lease: ConnectionLease | None,
+    ) -> None:
+        started = time.perf_counter()
+        try:
+            with self._message_span(message):
+                if lease is None:
+                    await self._attempts(lambda: self._call(delivery, message, handler), None)
+                else:
+
+                    async def body(session: DbSession) -> int:
+                        return int(await self._handle_in(session, message, handler))
+
+                    await self._attempts(lambda: self._transaction([delivery], body, lease), lease)
+        except Exception as exc:
+            await self._failed([delivery], exc, lease)
+        finally:
+            self._recorder.record_handler_time(time.perf_counter() - started)
+
+    async def _attempts(
+        self, attempt: Callable[[], Awaitable[_T]], lease: ConnectionLease | None
+    ) -> _T:
+        """Run ``attempt``; with an engine, run it again after a lock conflict, up to
+        ``transaction_retries`` times."""
+        retries = self.config.transaction_retries if lease is not None else 0
+        failed = 0
+        while True:
+            try:
+                return await attempt()
+            except RETRYABLE_ERRORS as exc:
+                failed += 1
+                if failed > retries:
+                    raise
+                self._metrics.inc("retries", self._operation, retry_reason(exc))
+                _log.debug("%s: running the transaction again after %s", self._operation, exc)
+                await asyncio.sleep(jittered_delay(failed, _RETRY_BASE_DELAY, _RETRY_MAX_DELAY))
+
+    async def _call(
+        self, delivery: Delivery, message: QueueMessage[Any], handler: DbHandler | Handler
+    ) -> None:
+        """Without an engine: the handler within its time limit, then the ack."""
+        async with self._time_limit(1) or _NO_CONTEXT:
+            await cast(Handler, handler)(message)
+        self._committed([delivery], 0)
+
+    async def _transaction(
+        self,
+        deliveries: Sequence[Delivery],
+        body: Callable[[DbSession], Awaitable[int]],
+        lease: ConnectionLease,
+    ) -> None:
+        """Run ``body`` (which returns how many duplicates the inbox found) in one
+        DbSession and ack the deliveries once the COMMIT is confirmed.
+
+        ``handler_timeout`` limits the session's start and the body, not the COMMIT (or
+        ROLLBACK): the session's ``cleanup_timeout`` bounds that, and an unanswered
+        COMMIT raises CommitOutcomeUnknownError. What decides the ack is the session's
+        outcome, so an error or a cancellation (a drain timeout) that arrives once the
+        COMMIT is confirmed still acks, and one that arrives before never does."""
+        session = DbSession(
+            lease.engine,
+            operation=self._operation,
+            registry=self._registry,
+            lease=lease,
+            cleanup_timeout=self.config.handler_timeout or DEFAULT_CLEANUP_TIMEOUT,
+        )
+        duplicates = 0
+        limit = self._time_limit(len(deliveries))
+        try:
+            async with limit or _NO_CONTEXT, session:
+                try:
+                    duplicates = await body(session)
+                finally:
+                    if limit is not None and not limit.expired():
+                        limit.reschedule(None)  # COMMIT or ROLLBACK: not the handler's time
+                failpoint("consumer.before_commit")
+        except Exception as exc:
+            if session.outcome is not TransactionOutcome.COMMITTED:
+                raise
+            _log.warning("%r after a confirmed COMMIT of %s; acking", exc, deliveries[0].id)
+        finally:
+            if session.outcome is TransactionOutcome.COMMITTED:
+                self._committed(deliveries, duplicates)
+
+    async def _handle_in(
+        self, session: DbSession, message: QueueMessage[Any], handler: DbHandler | Handler
+    ) -> bool:
+        """Record the message in the inbox and run the handler; True for a duplicate."""
+        if self._inbox is not None and not await self._inbox.record(
+            session, self.config.consumer_group, message
+        ):
+            return True
+        failpoint("consumer.in_handler")
+        await cast(DbHandler, handler)(message, session)
+        return False
+
+    def _committed(self, deliveries: Sequence[Delivery], duplicates: int) -> None:
+        """Their transaction committed (or handler returned): queue the acks."""
+        self._outage.end()
+        failpoint("consumer.after_commit")
+        self._recorder.record_duplicates(duplicates)
+        for delivery in deliveries:
+            self._acks.add(delivery.id)
+
+    def _time_limit(self, messages: int) -> asyncio.Timeout | None:
+        timeout = self.config.handler_timeout
+        return None if timeout is None else asyncio.timeout(timeout * messages)
+
+    def _message_span(self, message: QueueMessage[Any]) -> contextlib.AbstractContextManager[Any]:
+        if not tracing.active():
+            return _NO_CONTEXT
+        return tracing.message_span(
+            message.stream, message.group, message.id, message.fields, message.delivery_count
+        )
+
+    # -- failures ----------------------------------------------------------------------
+
+    async def _failed(
+        self, deliveries: Sequence[Delivery], exc: Exception, lease: ConnectionLease | None
+    ) -> None:
+        """Nothing was committed (or the outcome is unknown): keep the entries pending, as
+        an outage, an unknown outcome or the handler's failure."""
+        if is_database_outage(exc, lease):
+            await self._database_unavailable(deliveries, exc)
+        elif isinstance(exc, CommitOutcomeUnknownError):
+            self._outcome_unknown(deliveries, exc)
+        else:
+            for delivery in deliveries:
+                await self._handler_failed(delivery, exc)
+
+    async def _database_unavailable(self, deliveries: Sequence[Delivery], exc: Exception) -> None:
+        """The database, not the message, failed: keep the entries pending without
+        spending one of their deliveries, and hold back reads until the database is back."""
+        self._recorder.record_database_outage(len(deliveries))
+        self._outage.begin()
+        _log.warning(
+            "database unavailable while handling %s (%d message(s) kept for later): %s",
+            deliveries[0].id,
+            len(deliveries),
+            exc,
+        )
+        try:
+            await self._streams.release(deliveries)
+        except QueueError as release_error:
+            _log.warning("could not release %s: %s", [d.id for d in deliveries], release_error)
+
+    def _outcome_unknown(self, deliveries: Sequence[Delivery], exc: Exception) -> None:
+        """The COMMIT may have persisted: never acked, never dead-lettered for it;
+        redelivered after claim_min_idle_ms (an inbox makes the redelivery a no-op)."""
+        self._recorder.record_failure(len(deliveries))
+        for delivery in deliveries:
+            self._admission.remember_error(delivery.id, f"{type(exc).__name__}: {exc}")
+        _log.warning(
+            "commit outcome unknown for %s (%d message(s)); they will be redelivered: %s",
+            deliveries[0].id,
+            len(deliveries),
+            exc,
+        )
+
+    async def _handler_failed(self, delivery: Delivery, exc: Exception) -> None:
+        self._recorder.record_failure()
+        error = f"{type(exc).__name__}: {exc}"
+        self._admission.remember_error(delivery.id, error)
+        _log.warning(
+            "handler failed for %s %s (delivery %d): %s",
+            self.config.stream_key,
+            delivery.id,
+            delivery.delivery_count,
+            error,
+            exc_info=not isinstance(exc, TimeoutError),
+        )
+        limit = self.config.max_deliveries
+        if limit is not None and delivery.delivery_count >= limit:
+            await self._admission.dead_letter(delivery, DeadLetterReason.HANDLER_FAILED, error)
+        elif self.config.stop_on_error:
+            self._on_fatal(exc)
