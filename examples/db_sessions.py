@@ -1,6 +1,7 @@
 """DbSession in practice: statements and results, per-transaction options, SQLAlchemy
-constructs, savepoints for expected failures, the rollback-only rule, deferred writes
-that share a round trip, and a connection lease for a series of short transactions.
+constructs, savepoints for expected failures, the rollback-only rule, interrupted
+statements and the outcome after a cancellation, deferred writes that share a round
+trip, and a connection lease for a series of short transactions.
 Each function's outcome is checked in main()."""
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ from safesync_async import (
     LockWaitTimeoutError,
     RollbackOnlyError,
     RowLock,
+    TransactionOutcome,
     create_engine,
 )
 
 from .settings import DATABASE_URL
+
+SLOW_QUERY = "SELECT pg_sleep(1)" if DATABASE_URL.startswith("postgresql") else "SELECT SLEEP(1)"
 
 
 # --8<-- [start:basics]
@@ -167,6 +171,44 @@ async def quantities(engine: AsyncEngine) -> dict[str, int]:
     return {row["sku"]: row["qty"] for row in rows}
 
 
+# --8<-- [start:outcome]
+async def restock_with_deadline(engine: AsyncEngine, sku: str) -> TransactionOutcome:
+    """A caller with a deadline: if it expires, the session is left as it must be, and
+    ``outcome`` says whether the restock was committed (a cancellation that arrives during
+    the COMMIT lets the COMMIT finish first)."""
+    session = DbSession(engine)
+    try:
+        async with asyncio.timeout(5):
+            async with session:
+                await session.execute(
+                    "UPDATE example_stock SET qty = qty + 1 WHERE sku = :sku", {"sku": sku}
+                )
+    except TimeoutError:
+        pass  # session.outcome is COMMITTED, ROLLED_BACK or (no COMMIT answer) UNKNOWN
+    return session.outcome
+
+
+async def timed_out_lookup(engine: AsyncEngine, sku: str) -> str:
+    """A statement interrupted by a timeout the block catches: the connection is discarded
+    with the transaction, so leaving the block raises instead of pretending to commit."""
+    try:
+        async with DbSession(engine) as session:
+            await session.execute(
+                "UPDATE example_stock SET qty = qty + 1 WHERE sku = :sku", {"sku": sku}
+            )
+            try:
+                async with asyncio.timeout(0.01):
+                    await session.execute(SLOW_QUERY)
+            except TimeoutError:
+                pass  # the UPDATE above can no longer be committed
+    except RollbackOnlyError as exc:
+        return str(exc).split(";")[0]  # "commit refused: a statement was interrupted ..."
+    return "committed"
+
+
+# --8<-- [end:outcome]
+
+
 async def main() -> None:
     # --8<-- [start:engine]
     engine = create_engine(DATABASE_URL, pool_size=10, max_overflow=10)
@@ -193,6 +235,10 @@ async def main() -> None:
         assert await quantities(engine) == {"bolt": 1, "nut": 1, "washer": 15}
         await import_counts(engine, {"bolt": 7, "nut": 4, "washer": 0})
         assert await quantities(engine) == {"bolt": 7, "nut": 4, "washer": 0}
+        assert await restock_with_deadline(engine, "bolt") is TransactionOutcome.COMMITTED
+        refused = await timed_out_lookup(engine, "bolt")
+        assert refused.startswith("commit refused: a statement was interrupted"), refused
+        assert await quantities(engine) == {"bolt": 8, "nut": 4, "washer": 0}
         print(f"stock after the session examples: {await quantities(engine)}")
     finally:
         async with DbSession(engine) as session:

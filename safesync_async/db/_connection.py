@@ -155,14 +155,18 @@ class PooledConnection:
             await self.end_transaction(commit=False)
 
     async def invalidate(self) -> None:
-        """Close the DBAPI connection; the pool will not hand it out again."""
+        """Close the DBAPI connection; the pool will not hand it out again. The socket is
+        closed at once: a graceful close would wait for a server that may be hung."""
         if not self.valid:
             return
         with contextlib.suppress(Exception):
-            if self._sa_conn is not None:
-                await self._sa_conn.invalidate()
-            else:
-                await greenlet_spawn(self.fairy.invalidate)
+            if self.executor is not None:
+                self.executor.terminate()
+            async with asyncio.timeout(KILL_TIMEOUT):
+                if self._sa_conn is not None:
+                    await self._sa_conn.invalidate()
+                else:
+                    await greenlet_spawn(self.fairy.invalidate)
 
     async def release(self, lease: ConnectionLease | None) -> None:
         """Back to the lease (which keeps it if healthy) or to the pool."""

@@ -49,6 +49,11 @@ class DriverExecutor(Protocol):
         """Whether the connection is known to be closed (after an error: it was lost)."""
         ...
 
+    def terminate(self) -> None:
+        """Close the connection's socket at once, without a goodbye to the server (which
+        may not answer)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class DriverState:
@@ -147,6 +152,9 @@ class AsyncmyExecutor:
     def is_closed(self) -> bool:
         return False  # asyncmy reports a lost connection with its own error numbers
 
+    def terminate(self) -> None:
+        self._connection.close()  # closes the transport, sends nothing
+
 
 _STATUS_COUNT = re.compile(r"(?:SELECT|UPDATE|DELETE|MERGE|INSERT \d+) (\d+)")
 _PREPARED_STATEMENTS = 256  # kept per connection, least recently used dropped first
@@ -226,3 +234,6 @@ class AsyncpgExecutor:
 
     def is_closed(self) -> bool:
         return bool(self._connection.is_closed())
+
+    def terminate(self) -> None:
+        self._connection.terminate()

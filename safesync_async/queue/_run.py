@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from .. import tracing
 from .._shield import run_to_completion
 from ..db.lease import ConnectionLease
-from ..errors import QueueError, QueueUnavailableError, SafeSyncError
+from ..errors import QueueError, SafeSyncError
 from ..metrics import RegistryArg
 from ._acks import AckBatcher
 from ._admission import Admission
@@ -26,6 +26,7 @@ from ._in_flight import InFlight
 from ._outages import DatabaseOutage
 from ._policy import StreamPolicy
 from ._processing import DbHandler, Handler, InboxStore, MessageProcessor
+from ._startup import start_up
 from ._statistics import ConsumerRecorder
 from ._streams import Delivery, StreamOperations
 from .config import QueueConfig
@@ -132,11 +133,17 @@ class ConsumerRun:
     # -- the run -------------------------------------------------------------------
 
     async def serve(
-        self, prepare: Callable[[], Awaitable[None]], task_status: anyio.abc.TaskStatus[None]
+        self,
+        prepare: Callable[[], Awaitable[None]],
+        task_status: anyio.abc.TaskStatus[None],
+        *,
+        servers: str,
     ) -> None:
+        """Start up (``prepare``, waiting out outages of ``servers``), run the loops until
+        stopped, drain, hand back what was not started."""
         untrack_in_flight = self._recorder.track_in_flight(self.in_flight.__len__)
         try:
-            if not await self._prepare(prepare):
+            if not await self._prepare(prepare, servers):
                 return
             async with asyncio.TaskGroup() as tasks:
 
@@ -165,20 +172,17 @@ class ConsumerRun:
         if self._failure is not None:
             raise self._failure
 
-    async def _prepare(self, prepare: Callable[[], Awaitable[None]]) -> bool:
-        """Check the client and server and create the group, waiting out an unavailable
-        Redis (connection errors, OOM...); False if stopped before it could be done."""
-        backoff = self.parts.backoff()
-        while not self._stop.is_set():
-            try:
-                await prepare()
-            except QueueUnavailableError as exc:
-                self._recorder.record_redis_unavailable(exc)
-                await backoff.sleep(self._stop)
-            else:
-                self._recorder.record_redis_available()
-                return True
-        return False
+    async def _prepare(self, prepare: Callable[[], Awaitable[None]], servers: str) -> bool:
+        """Check the client and server and create the group, waiting out outages within
+        ``startup_timeout``; False if stopped before it could be done."""
+        return await start_up(
+            prepare,
+            stop=self._stop,
+            backoff=self.parts.backoff(),
+            recorder=self._recorder,
+            startup_timeout=self.config.startup_timeout,
+            where=servers,
+        )
 
     async def _guarded(self, name: str, loop: Coroutine[Any, Any, None]) -> None:
         try:

@@ -11,11 +11,18 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..errors import ConfigurationError, QueueError
 from ._errors import redis_errors
 
-__all__ = ["ServerInfo", "check_redis_client", "create_redis_client", "server_info"]
+__all__ = [
+    "ServerInfo",
+    "check_redis_client",
+    "create_redis_client",
+    "describe_servers",
+    "server_info",
+]
 
 _log = logging.getLogger("safesync_async.queue.client")
 
@@ -138,3 +145,17 @@ async def _save_config(client: Redis) -> str | None:
         return None
     value = found.get("save", "")
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def describe_servers(client: Redis, engine: AsyncEngine | None = None) -> str:
+    """Where a consumer's servers are, for messages: the Redis address (and the database
+    URL), passwords never included."""
+    kwargs = client.connection_pool.connection_kwargs
+    if "path" in kwargs:
+        redis = f"Redis at unix://{kwargs['path']}"
+    else:
+        redis = f"Redis at {kwargs.get('host', 'localhost')}:{kwargs.get('port', 6379)}"
+        redis += f"/{kwargs.get('db', 0)}"
+    if engine is None:
+        return redis
+    return f"{redis}, database at {engine.url.render_as_string(hide_password=True)}"

@@ -79,6 +79,11 @@ class QueueConfig:
         reconnect_initial_delay: first backoff delay (seconds) after a Redis connection
             error (or a database outage); it doubles on each failure in a row.
         reconnect_max_delay: the longest backoff delay (seconds).
+        startup_timeout: how long ``run()`` may wait, when it starts, for Redis (and the
+            database, when an inbox is checked) to become reachable before it raises the
+            outage error (``QueueUnavailableError``, ``DatabaseUnavailableError``) naming
+            the servers. ``None``: wait for ever (the first failure and then one every
+            30 s are logged at WARNING either way).
         codec: turns entry fields into payloads and back (default: JSON in field ``data``).
     """
 
@@ -103,6 +108,7 @@ class QueueConfig:
     stop_on_error: bool = False
     reconnect_initial_delay: float = 0.1
     reconnect_max_delay: float = 10.0
+    startup_timeout: float | None = 60.0
     codec: Codec[Any] = field(default_factory=JsonCodec)
 
     def __post_init__(self) -> None:
@@ -118,6 +124,7 @@ class QueueConfig:
         for name in ("drain_timeout", "reconnect_initial_delay", "reconnect_max_delay"):
             check_seconds(f"QueueConfig.{name}", getattr(self, name))
         check_seconds("QueueConfig.handler_timeout", self.handler_timeout, allow_none=True)
+        check_seconds("QueueConfig.startup_timeout", self.startup_timeout, allow_none=True)
         if self.on_missing_group not in ("recreate", "fail"):
             raise ConfigurationError("on_missing_group must be 'recreate' or 'fail'")
         if (

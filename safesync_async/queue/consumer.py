@@ -25,7 +25,7 @@ from ._processing import DbHandler, Handler, InboxStore
 from ._run import ClaimSettings, ConsumerParts, ConsumerRun
 from ._statistics import ConsumerRecorder, ConsumerStatistics
 from ._streams import GroupStream, StreamOperations
-from .client import ServerInfo
+from .client import ServerInfo, describe_servers
 from .config import QueueConfig
 from .models import QueueMessage
 
@@ -190,8 +190,16 @@ class QueueConsumer:
         run = self._run = ConsumerRun(self._parts, handler, engine, read_new=read_new, claim=claim)
         if self._stopping:
             run.request_stop()
+        inbox = self._parts.inbox
+        check_inbox = getattr(inbox, "check_table", None) if engine is not None else None
+
+        async def prepare() -> None:
+            await self._prepare_once()
+            if check_inbox is not None:  # text key columns would merge distinct messages
+                await check_inbox(engine)
+
         try:
-            await run.serve(self._prepare_once, task_status)
+            await run.serve(prepare, task_status, servers=describe_servers(self.redis, engine))
         finally:
             self._run = None
             self._stopping = False

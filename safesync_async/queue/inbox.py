@@ -101,8 +101,8 @@ class Inbox:
                 return {}
             return {column["name"]: column["type"] for column in inspector.get_columns(name)}
 
-        async with engine.connect() as conn:
-            found = await conn.run_sync(columns)
+        async with DbSession(engine, operation="inbox_check", registry=None) as session:
+            found = await session.connection.run_sync(columns)
         if not found:
             raise ConfigurationError(
                 f"the inbox table {name!r} does not exist: create it with "

@@ -106,6 +106,9 @@ class FakeExecutor:
     def is_closed(self) -> bool:
         return not self._connection.is_valid
 
+    def terminate(self) -> None:
+        self._connection.is_valid = False
+
 
 class FakeSavepoint:
     def __init__(self, connection: FakeConnection) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,6 +31,7 @@ from ..conftest import TableFactory
 from ..support.backends import Backend
 
 ROWS = "CREATE TABLE {table} (id INT PRIMARY KEY, v INT NOT NULL)"
+EXAMPLES_SQL = Path(__file__).resolve().parents[2] / "examples" / "sql"
 
 
 async def _ids(engine: AsyncEngine, table: str) -> set[int]:
@@ -409,3 +411,32 @@ async def test_advisory_lock_is_released_after_a_refused_commit(
             return
         await asyncio.sleep(0.05)
     raise AssertionError("the named lock is still held")
+
+
+async def test_inbox_migration_from_text_keys_keeps_old_rows(
+    engine: AsyncEngine, backend: Backend, make_table: TableFactory
+) -> None:
+    """The documented migration (examples/sql/inbox_migrate_0_1.*.sql) turns a 0.1-layout
+    inbox into one check_table accepts, and a row recorded before it still marks its
+    message as processed."""
+    table = await make_table(
+        "CREATE TABLE {table} (stream VARCHAR(190) NOT NULL, consumer_group VARCHAR(190) "
+        "NOT NULL, message_key VARCHAR(190) NOT NULL, message_id VARCHAR(64) NOT NULL, "
+        "processed_at TIMESTAMP NOT NULL, PRIMARY KEY (stream, consumer_group, message_key))"
+    )
+    async with DbSession(engine, registry=None) as s:
+        await s.execute(
+            f"INSERT INTO {table} VALUES ('orders', 'g', 'key:Order-1', '1-0', CURRENT_TIMESTAMP)"
+        )
+    dialect = "mysql" if backend.is_mysql else "postgresql"
+    migration = (EXAMPLES_SQL / f"inbox_migrate_0_1.{dialect}.sql").read_text()
+    async with DbSession(engine, registry=None) as s:
+        await s.execute(migration.replace("safesync_inbox", table).rstrip().rstrip(";"))
+    inbox = Inbox(table)
+    await inbox.check_table(engine)
+    message: QueueMessage[None] = QueueMessage(
+        id="2-0", stream="orders", group="g", payload=None,
+        fields={b"data": b"null", b"idempotency_key": b"Order-1"},
+    )  # fmt: skip
+    async with DbSession(engine, registry=None) as s:
+        assert await inbox.record(s, "g", message) is False  # processed before the migration

@@ -36,9 +36,15 @@ from safesync_async import (
 from ..conftest import TableFactory
 from ..queue.helpers import wait_until
 from ..support.backends import MARIADB, Backend
-from ..support.checker import EFFECTS, DeliveryCounts, count_delivery, effect_key
+from ..support.checker import (
+    EFFECTS,
+    EFFECTS_POSTGRES,
+    DeliveryCounts,
+    count_delivery,
+    effect_key,
+)
 from ..support.reliability import ENV_VAR, Recorder, ReliabilityReport, server_versions
-from ..support.servers import PrivateMariaDB, PrivateRedis
+from ..support.servers import PrivateMariaDB, PrivatePostgres, PrivateRedis
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _REPORT = pytest.StashKey[ReliabilityReport]()
@@ -115,10 +121,11 @@ async def inbox(engine: AsyncEngine, unique_name: Callable[[str], str]) -> Async
 
 
 class PrivateServers:
-    """Starts private Redis / MariaDB instances and closes them all at the end."""
+    """Starts private Redis / MariaDB / PostgreSQL instances and closes them all at the
+    end."""
 
     def __init__(self) -> None:
-        self._started: list[PrivateRedis | PrivateMariaDB] = []
+        self._started: list[PrivateRedis | PrivateMariaDB | PrivatePostgres] = []
 
     def redis(self, *, appendonly: bool = True) -> PrivateRedis:
         server = PrivateRedis(appendonly=appendonly)
@@ -128,6 +135,12 @@ class PrivateServers:
 
     def mariadb(self, *extra: str) -> PrivateMariaDB:
         server = PrivateMariaDB()
+        self._started.append(server)
+        server.start(*extra)
+        return server
+
+    def postgres(self, *extra: str) -> PrivatePostgres:
+        server = PrivatePostgres()
         self._started.append(server)
         server.start(*extra)
         return server
@@ -149,8 +162,9 @@ def private_servers() -> Iterator[PrivateServers]:
 
 async def create_effects(engine: AsyncEngine, name: str) -> str:
     """An effects table on another server (a private instance, dropped with it)."""
+    ddl = EFFECTS if engine.dialect.name in ("mysql", "mariadb") else EFFECTS_POSTGRES
     async with DbSession(engine, registry=None) as session:
-        await session.execute(EFFECTS.format(table=name))
+        await session.execute(ddl.format(table=name))
     return name
 
 
@@ -169,7 +183,7 @@ def effect_handler(
     async def handler(message: QueueMessage[Any], session: DbSession) -> None:
         if before is not None:
             await before(message, session)
-        sql = f"INSERT INTO `{table}` (message_id, message_key, n) VALUES (:id, :key, :n)"
+        sql = f"INSERT INTO {table} (message_id, message_key, n) VALUES (:id, :key, :n)"
         params = {"id": message.id, "key": effect_key(message), "n": message.payload["n"]}
         if deferred:
             session.defer(sql, params)
@@ -227,7 +241,7 @@ def queue_config(stream: str, **overrides: Any) -> QueueConfig:
 async def effect_rows(engine: AsyncEngine, effects: str) -> int:
     """Rows in an effects table (duplicates included)."""
     async with DbSession(engine, registry=None) as session:
-        return int(await session.execute_scalar(f"SELECT COUNT(*) FROM `{effects}`"))
+        return int(await session.execute_scalar(f"SELECT COUNT(*) FROM {effects}"))
 
 
 async def wait_settled(

@@ -43,6 +43,11 @@ EFFECTS = (
     "message_id VARCHAR(40) NOT NULL, message_key VARCHAR(200) NOT NULL, n INT, "
     "KEY (message_key), KEY (message_id))"
 )
+#: The same table on PostgreSQL.
+EFFECTS_POSTGRES = (
+    "CREATE TABLE {table} (seq BIGSERIAL PRIMARY KEY, message_id VARCHAR(40) NOT NULL, "
+    "message_key VARCHAR(200) NOT NULL, n INT)"
+)
 
 _PENDING_PAGE = 10_000
 
@@ -130,7 +135,7 @@ async def count_delivery(
     unknown_keys = set(unknown) - sent_keys
     async with DbSession(engine, registry=None) as session:
         rows = await session.fetch_all(
-            f"SELECT message_key, message_id, COUNT(*) AS n FROM `{effects}` "
+            f"SELECT message_key, message_id, COUNT(*) AS n FROM {effects} "
             "GROUP BY message_key, message_id"
         )
     per_key: Counter[str] = Counter()

@@ -208,6 +208,8 @@ class Dialect(abc.ABC):
     ) -> ClassifiedError:
         """Classify an exception raised by the driver itself (the direct path): a broken
         socket is a disconnect, anything else goes through :meth:`classify`."""
+        if isinstance(exc, TimeoutError):
+            return ClassifiedError(ErrorKind.DISCONNECT, None, None, "no answer in time")
         if isinstance(exc, OSError | EOFError):
             return ClassifiedError(ErrorKind.DISCONNECT, None, None, repr(exc))
         return self.classify(exc, nowait=nowait)

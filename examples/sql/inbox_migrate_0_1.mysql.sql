@@ -1,0 +1,4 @@
+ALTER TABLE safesync_inbox
+    MODIFY stream VARBINARY(255) NOT NULL,
+    MODIFY consumer_group VARBINARY(255) NOT NULL,
+    MODIFY message_key VARBINARY(255) NOT NULL;
