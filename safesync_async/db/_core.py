@@ -26,11 +26,11 @@ from ..metrics import Metrics
 from ._connection import Connector, PooledConnection, SessionConnection
 from ._deferred import DeferredQueue, DeferredWrite, name_failed_write, round_trips
 from ._ending import TransactionEnd
+from ._rows import Rows
 from ._state import TransactionOutcome, TransactionState
 from ._statements import Params, Statement, check_deferrable, describe, driver_query, executable
 from .dialects import ClassifiedError, Dialect, ErrorKind
 from .lease import ConnectionLease
-from .rows import Rows
 
 __all__ = ["TransactionCore", "TransactionOutcome"]
 

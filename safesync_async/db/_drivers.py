@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
-from .rows import Rows
+from ._rows import Rows
 
 __all__ = ["DriverExecutor", "DriverState", "driver_state"]
 

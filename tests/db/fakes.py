@@ -21,9 +21,9 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from safesync_async.db._connection import KillOutcome, SessionConnection
+from safesync_async.db._rows import Rows
 from safesync_async.db.dialects import Dialect
 from safesync_async.db.lease import ConnectionLease
-from safesync_async.db.rows import Rows
 
 _WRITE = re.compile(r"INSERT INTO t VALUES \((\d+)\)")
 _FAIL = re.compile(r"/\*fail:(\d+)\*/")
