@@ -104,21 +104,27 @@ _CLIENT_MULTI_STATEMENTS = 1 << 16
 # Rendered statements are separated by a line of their own, so that a statement ending
 # in a "-- comment" cannot swallow the separator.
 _STATEMENT_SEPARATOR = "\n;\n"
+_ENDINGS = frozenset({"COMMIT", "ROLLBACK"})
 
 
 class AsyncmyExecutor:
     """Statements on a native asyncmy connection (one buffered cursor, format paramstyle)."""
 
-    __slots__ = ("_connection", "_cursor", "multi_statements")
+    __slots__ = ("_connection", "_cursor", "_ended", "multi_statements")
 
     def __init__(self, connection: Any) -> None:
         self._connection = connection
         self._cursor = connection.cursor()
+        # True once a COMMIT or ROLLBACK was the last thing sent: asyncmy keeps the
+        # status flags of the first result of a multi-statement round trip, so after
+        # "UPDATE ...; COMMIT" its server_status still reports a transaction open.
+        self._ended = False
         flags = getattr(connection, "_client_flag", 0)
         self.multi_statements = isinstance(flags, int) and bool(flags & _CLIENT_MULTI_STATEMENTS)
 
     async def execute(self, query: str, args: Sequence[Any] | dict[str, Any]) -> Rows:
         cursor = self._cursor
+        self._ended = False
         await cursor.execute(query, args)
         description = cursor.description
         if not description:
@@ -134,18 +140,28 @@ class AsyncmyExecutor:
 
     async def execute_rendered(self, statements: Sequence[str], counts: list[int]) -> None:
         cursor = self._cursor
+        self._ended = False
         await cursor.execute(_STATEMENT_SEPARATOR.join(statements))
         counts.append(cursor.rowcount)
         while await cursor.nextset():
             counts.append(cursor.rowcount)
+        # Statements after a COMMIT or ROLLBACK here only reset the connection (they open
+        # no transaction: no table is read).
+        self._ended = any(sql in _ENDINGS for sql in statements)
 
     async def commit(self) -> None:
+        self._ended = False
         await self._connection.commit()
+        self._ended = True
 
     async def rollback(self) -> None:
+        self._ended = False
         await self._connection.rollback()
+        self._ended = True
 
     def in_transaction(self) -> bool | None:
+        if self._ended:
+            return False
         status = getattr(self._connection, "server_status", None)
         return bool(status & _SERVER_STATUS_IN_TRANS) if isinstance(status, int) else None
 
