@@ -20,18 +20,26 @@ async def run_to_completion(coro: Coroutine[Any, Any, _T]) -> _T:
     ``DbSession.outcome``). The cancellation wins because a task asked to stop must stop:
     raising the cleanup's error instead would let ``retry_transaction`` start another
     attempt, or an ``asyncio.timeout`` block leave its deadline unreported.
+
+    (``asyncio.shield`` does the same waiting; this costs one event-loop callback less
+    per call, which matters on the per-message path.)
     """
-    task = asyncio.create_task(coro)
+    loop = asyncio.get_running_loop()
+    task = loop.create_task(coro)
     cancelled: asyncio.CancelledError | None = None
     while not task.done():
+        waiter = loop.create_future()
+
+        def wake(_: asyncio.Task[_T], waiter: asyncio.Future[None] = waiter) -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+
+        task.add_done_callback(wake)
         try:
-            await asyncio.shield(task)
+            await waiter
         except asyncio.CancelledError as exc:
-            if task.done():
-                break
+            task.remove_done_callback(wake)
             cancelled = exc
-        except BaseException:
-            break  # the task failed: handled below
     if cancelled is None:
         return task.result()
     error = None if task.cancelled() else task.exception()

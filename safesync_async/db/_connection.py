@@ -105,10 +105,13 @@ class PooledConnection:
         and liveness check run; no SQLAlchemy Connection is built unless a construct is
         executed)."""
         if lease is not None:
-            fairy = await lease.checkout()
-        else:
-            fairy = await greenlet_spawn(engine.sync_engine.raw_connection)
-        return cls(engine, fairy)
+            return await lease.session_connection()
+        return cls(engine, await greenlet_spawn(engine.sync_engine.raw_connection))
+
+    def begin_session(self) -> None:
+        """Forget the previous session's use of the connection (a lease keeps it)."""
+        self.direct_used = False
+        self._sa_conn = None
 
     @property
     def sqlalchemy_connection(self) -> AsyncConnection | None:

@@ -189,12 +189,23 @@ class TransactionCore:
         conn = self._conn
         executor = conn.executor if conn is not None else None
         if executor is not None and isinstance(sql, str):
+            # The driver path, inlined (it is the per-message path): what _guard does.
             assert conn is not None
             query, args = driver_query(sql, params, self.sa_dialect)
+            self._check_usable()
+            if self._deferred:
+                await self._flush_deferred()
             conn.direct_used = True
-            return await self._guard(
-                lambda: executor.execute(query, args), sql, nowait, tolerate, native=True
-            )
+            self._busy = True
+            try:
+                return await executor.execute(query, args)
+            except Exception as exc:
+                raise self._native_failure(exc, nowait, tolerate) from exc
+            except BaseException as exc:
+                self._state.interrupt(exc, sql)
+                raise
+            finally:
+                self._busy = False
         statement = executable(sql)
 
         async def through_sqlalchemy() -> Rows:
@@ -284,12 +295,10 @@ class TransactionCore:
         try:
             return await call()
         except Exception as exc:
-            if native or isinstance(exc, sa_exc.SQLAlchemyError):
-                info = self._classify(exc, nowait=nowait)
-                executor = self._conn.executor if self._conn is not None else None
-                if native and executor is not None and executor.is_closed():
-                    info = dataclasses.replace(info, kind=ErrorKind.DISCONNECT)
-                raise self._failed(info, tolerate) from exc
+            if native:
+                raise self._native_failure(exc, nowait, tolerate) from exc
+            if isinstance(exc, sa_exc.SQLAlchemyError):
+                raise self._failed(self._classify(exc, nowait=nowait), tolerate) from exc
             self.fail(DatabaseError(f"{describe(statement)!r} raised {exc!r}"))
             raise
         except BaseException as exc:
@@ -330,6 +339,17 @@ class TransactionCore:
         if isinstance(exc, sa_exc.SQLAlchemyError):
             return self.dialect.classify_exception(exc, nowait=nowait)
         return self.dialect.classify_driver_exception(exc, nowait=nowait)
+
+    def _native_failure(
+        self, exc: Exception, nowait: bool, tolerate: ErrorKind | None
+    ) -> DatabaseError:
+        """The library error for an exception the driver raised (the connection counts as
+        lost when the driver reports it closed, whatever the error said)."""
+        info = self._classify(exc, nowait=nowait)
+        executor = self._conn.executor if self._conn is not None else None
+        if executor is not None and executor.is_closed():
+            info = dataclasses.replace(info, kind=ErrorKind.DISCONNECT)
+        return self._failed(info, tolerate)
 
     def _failed(self, info: ClassifiedError, tolerate: ErrorKind | None) -> DatabaseError:
         error = self.dialect.build_error(info)

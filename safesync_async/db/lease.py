@@ -9,7 +9,7 @@ from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.util import greenlet_spawn
 
 from .._shield import run_to_completion
-from ._connection import give_back
+from ._connection import PooledConnection, give_back
 
 __all__ = ["ConnectionLease"]
 
@@ -27,6 +27,7 @@ class ConnectionLease:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._fairy: PoolProxiedConnection | None = None
+        self._connection: PooledConnection | None = None
         #: Whether the last session on this lease found the server unreachable while
         #: cleaning up (see ``DbSession.server_unreachable``).
         self.server_unreachable = False
@@ -40,6 +41,17 @@ class ConnectionLease:
             await self._give_back(fairy, None)
         self._fairy = await greenlet_spawn(self.engine.sync_engine.raw_connection)
         return self._fairy
+
+    async def session_connection(self) -> PooledConnection:
+        """The leased connection as a session uses it (kept across sessions, so that its
+        driver state is looked up once), fresh for a new session."""
+        fairy = await self.checkout()
+        connection = self._connection
+        if connection is None or connection.fairy is not fairy:
+            connection = self._connection = PooledConnection(self.engine, fairy)
+        else:
+            connection.begin_session()
+        return connection
 
     async def release(self, fairy: PoolProxiedConnection, wrapper: AsyncConnection | None) -> None:
         """End of a session: keep a healthy connection, give an invalidated one back."""
@@ -57,6 +69,7 @@ class ConnectionLease:
     ) -> None:
         if self._fairy is fairy:
             self._fairy = None
+            self._connection = None
         await give_back(fairy, wrapper)
 
     async def __aenter__(self) -> ConnectionLease:

@@ -24,6 +24,7 @@ __all__ = [
     "MAX_DEFERRED",
     "DbSession",
     "Params",
+    "SessionFactory",
     "Statement",
     "TransactionOutcome",
 ]
@@ -267,3 +268,46 @@ class DbSession:
     def db_system(self) -> str:
         """The database system name for tracing ("mariadb", "mysql", "postgresql")."""
         return self._core.db_system
+
+
+class SessionFactory:
+    """Sessions with the same settings, checked once: for the queue consumer, which makes
+    one per message. ``new(lease)`` is ``DbSession(engine, operation=..., registry=...,
+    cleanup_timeout=..., lease=lease)`` without re-validating the arguments."""
+
+    __slots__ = ("_cleanup_timeout", "_dialect", "_engine", "_metrics", "_operation")
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        operation: str,
+        registry: RegistryArg = DEFAULT_REGISTRY,
+        cleanup_timeout: float = DEFAULT_CLEANUP_TIMEOUT,
+    ) -> None:
+        DbSession(engine, operation=operation, registry=registry, cleanup_timeout=cleanup_timeout)
+        self._engine = engine
+        self._dialect = dialect_for(engine.dialect)
+        self._operation = operation
+        self._metrics = metrics_for(registry)
+        self._cleanup_timeout = float(cleanup_timeout)
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self._engine
+
+    def new(self, lease: ConnectionLease | None = None) -> DbSession:
+        if lease is not None and lease.engine is not self._engine:
+            raise ConfigurationError("the ConnectionLease belongs to another engine")
+        session = DbSession.__new__(DbSession)
+        session._core = TransactionCore(
+            self._engine,
+            self._dialect,
+            setup_sql=(),
+            restore_sql=None,
+            operation=self._operation,
+            cleanup_timeout=self._cleanup_timeout,
+            metrics=self._metrics,
+            lease=lease,
+        )
+        return session

@@ -15,7 +15,12 @@ from .. import tracing
 from .._failpoints import failpoint
 from ..db.lease import ConnectionLease
 from ..db.retry import RETRYABLE_ERRORS, jittered_delay, retry_reason
-from ..db.session import DEFAULT_CLEANUP_TIMEOUT, DbSession, TransactionOutcome
+from ..db.session import (
+    DEFAULT_CLEANUP_TIMEOUT,
+    DbSession,
+    SessionFactory,
+    TransactionOutcome,
+)
 from ..errors import CommitOutcomeUnknownError, QueueError
 from ..metrics import RegistryArg, metrics_for
 from ._acks import AckBatcher
@@ -76,6 +81,7 @@ class MessageProcessor:
         self._metrics = metrics_for(registry)
         self._on_fatal = on_fatal
         self._operation = f"consume:{config.stream_key}"
+        self._sessions: SessionFactory | None = None
 
     async def process(
         self, delivery: Delivery, handler: DbHandler | Handler, lease: ConnectionLease | None
@@ -98,17 +104,10 @@ class MessageProcessor:
         if not admitted:
             return
         deliveries = [delivery for delivery, _ in admitted]
-
-        async def body(session: DbSession) -> int:
-            duplicates = 0
-            for _, message in admitted:
-                with self._message_span(message):
-                    duplicates += await self._handle_in(session, message, handler)
-            return duplicates
-
+        messages = [message for _, message in admitted]
         started = time.perf_counter()
         try:
-            await self._attempts(lambda: self._transaction(deliveries, body, lease), lease)
+            await self._transactions(deliveries, messages, handler, lease)
         except Exception as exc:
             if is_database_outage(exc, lease) or isinstance(exc, CommitOutcomeUnknownError):
                 await self._failed(deliveries, exc, lease)  # nothing to learn one by one
@@ -132,31 +131,30 @@ class MessageProcessor:
         try:
             with self._message_span(message):
                 if lease is None:
-                    await self._attempts(lambda: self._call(delivery, message, handler), None)
+                    await self._call(delivery, message, handler)
                 else:
-
-                    async def body(session: DbSession) -> int:
-                        return int(await self._handle_in(session, message, handler))
-
-                    await self._attempts(lambda: self._transaction([delivery], body, lease), lease)
+                    await self._transactions((delivery,), (message,), handler, lease)
         except Exception as exc:
             await self._failed([delivery], exc, lease)
         finally:
             self._recorder.record_handler_time(time.perf_counter() - started)
 
-    async def _attempts(
-        self, attempt: Callable[[], Awaitable[_T]], lease: ConnectionLease | None
-    ) -> _T:
-        """Run ``attempt``; with an engine, run it again after a lock conflict, up to
+    async def _transactions(
+        self,
+        deliveries: Sequence[Delivery],
+        messages: Sequence[QueueMessage[Any]],
+        handler: DbHandler | Handler,
+        lease: ConnectionLease,
+    ) -> None:
+        """Run the messages' transaction; after a lock conflict, run it again, up to
         ``transaction_retries`` times."""
-        retries = self.config.transaction_retries if lease is not None else 0
         failed = 0
         while True:
             try:
-                return await attempt()
+                return await self._transaction(deliveries, messages, handler, lease)
             except RETRYABLE_ERRORS as exc:
                 failed += 1
-                if failed > retries:
+                if failed > self.config.transaction_retries:
                     raise
                 self._metrics.inc("retries", self._operation, retry_reason(exc))
                 _log.debug("%s: running the transaction again after %s", self._operation, exc)
@@ -173,30 +171,40 @@ class MessageProcessor:
     async def _transaction(
         self,
         deliveries: Sequence[Delivery],
-        body: Callable[[DbSession], Awaitable[int]],
+        messages: Sequence[QueueMessage[Any]],
+        handler: DbHandler | Handler,
         lease: ConnectionLease,
     ) -> None:
-        """Run ``body`` (which returns how many duplicates the inbox found) in one
-        DbSession and ack the deliveries once the COMMIT is confirmed.
+        """Handle the messages in one DbSession (each recorded in the inbox first, if
+        there is one) and ack their deliveries once the COMMIT is confirmed.
 
         ``handler_timeout`` limits the session's start and the body, not the COMMIT (or
         ROLLBACK): the session's ``cleanup_timeout`` bounds that, and an unanswered
         COMMIT raises CommitOutcomeUnknownError. What decides the ack is the session's
         outcome, so an error or a cancellation (a drain timeout) that arrives once the
         COMMIT is confirmed still acks, and one that arrives before never does."""
-        session = DbSession(
-            lease.engine,
-            operation=self._operation,
-            registry=self._registry,
-            lease=lease,
-            cleanup_timeout=self.config.handler_timeout or DEFAULT_CLEANUP_TIMEOUT,
-        )
+        sessions = self._sessions
+        if sessions is None or sessions.engine is not lease.engine:
+            # COMMIT and ROLLBACK are bounded like the handler, so a frozen database
+            # cannot hold a worker much longer than handler_timeout.
+            sessions = self._sessions = SessionFactory(
+                lease.engine,
+                operation=self._operation,
+                registry=self._registry,
+                cleanup_timeout=self.config.handler_timeout or DEFAULT_CLEANUP_TIMEOUT,
+            )
+        session = sessions.new(lease)
         duplicates = 0
         limit = self._time_limit(len(deliveries))
         try:
             async with limit or _NO_CONTEXT, session:
                 try:
-                    duplicates = await body(session)
+                    if len(messages) == 1:  # its span is already open
+                        duplicates = await self._handle_in(session, messages[0], handler)
+                    else:
+                        for message in messages:
+                            with self._message_span(message):
+                                duplicates += await self._handle_in(session, message, handler)
                 finally:
                     if limit is not None and not limit.expired():
                         limit.reschedule(None)  # COMMIT or ROLLBACK: not the handler's time
@@ -211,15 +219,15 @@ class MessageProcessor:
 
     async def _handle_in(
         self, session: DbSession, message: QueueMessage[Any], handler: DbHandler | Handler
-    ) -> bool:
-        """Record the message in the inbox and run the handler; True for a duplicate."""
+    ) -> int:
+        """Record the message in the inbox and run the handler; 1 for a duplicate."""
         if self._inbox is not None and not await self._inbox.record(
             session, self.config.consumer_group, message
         ):
-            return True
+            return 1
         failpoint("consumer.in_handler")
         await cast(DbHandler, handler)(message, session)
-        return False
+        return 0
 
     def _committed(self, deliveries: Sequence[Delivery], duplicates: int) -> None:
         """Their transaction committed (or handler returned): queue the acks."""
