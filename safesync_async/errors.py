@@ -31,6 +31,7 @@ chained (``raise ... from exc``), so the original is always on ``__cause__``::
         │   └── QueueConnectionError              Redis unreachable / connection dropped
         ├── ConsumerGroupMissingError             the group (or its stream) is gone
         ├── MessageDecodeError                    an entry could not be decoded
+        │   └── PayloadValidationError            its payload failed the model's validation
         ├── MessageEncodeError                    a payload could not be encoded
         └── UnsafeOperationError                  refused: would drop unacknowledged entries
 
@@ -59,6 +60,7 @@ __all__ = [
     "MessageDecodeError",
     "MessageEncodeError",
     "MultipleRowsError",
+    "PayloadValidationError",
     "QueueConnectionError",
     "QueueError",
     "QueueUnavailableError",
@@ -244,6 +246,19 @@ class ConsumerGroupMissingError(QueueError):
 
 class MessageDecodeError(QueueError):
     """A stream entry could not be decoded into a message payload."""
+
+
+class PayloadValidationError(MessageDecodeError):
+    """A payload decoded but failed its model's validation (``JsonCodec(Model)``).
+
+    ``errors`` lists what failed, as pydantic reports it (``loc``, ``msg``, ``type``).
+    The consumer dead-letters such an entry at once (reason ``invalid``): retrying it
+    cannot help.
+    """
+
+    def __init__(self, message: str, *, errors: list[dict[str, object]]) -> None:
+        super().__init__(message)
+        self.errors = errors
 
 
 class MessageEncodeError(QueueError):

@@ -5,12 +5,13 @@ the last error this consumer saw for it."""
 from __future__ import annotations
 
 import collections
+import json
 import logging
 from typing import Any
 
 from .. import tracing
 from .._failpoints import failpoint
-from ..errors import MessageDecodeError, QueueError
+from ..errors import MessageDecodeError, PayloadValidationError, QueueError
 from ._statistics import ConsumerRecorder
 from ._streams import Delivery, StreamOperations
 from .config import QueueConfig
@@ -63,6 +64,10 @@ class Admission:
             return None
         try:
             payload = config.codec.decode(delivery.fields)
+        except PayloadValidationError as exc:
+            error = f"{exc} | errors: {json.dumps(exc.errors, default=str)}"
+            await self.dead_letter(delivery, DeadLetterReason.INVALID, error)
+            return None
         except MessageDecodeError as exc:
             await self.dead_letter(delivery, DeadLetterReason.UNDECODABLE, str(exc))
             return None

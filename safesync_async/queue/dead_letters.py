@@ -24,6 +24,7 @@ class DeadLetterReason(enum.Enum):
     HANDLER_FAILED = "handler_failed"  # the last allowed delivery failed
     MAX_DELIVERIES = "max_deliveries"  # delivered too often (e.g. it crashed consumers)
     UNDECODABLE = "undecodable"  # the codec could not decode it
+    INVALID = "invalid"  # decoded, but the payload failed its model's validation
     TOO_LARGE = "too_large"  # over max_message_bytes, not decoded
     DELETED = "deleted"  # trimmed or deleted while pending: a tombstone, no payload
 
