@@ -94,8 +94,9 @@ def faults(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """The benchmark: the consumer against the synchronous seed library and a raw-driver
-    loop, the primitives under contention, memory (args after -- go to ``python -m bench``)."""
+    """The benchmark: the consumer and the database primitives (MariaDB/MySQL and
+    PostgreSQL) against the synchronous seed library and raw-driver loops, memory (args
+    after -- go to ``python -m bench``)."""
     _install(session, "bench")
     _ensure_services(session)
     session.run("python", "-m", "bench", *session.posargs)

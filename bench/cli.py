@@ -52,9 +52,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         help=f"messages per consumer run (default {FULL.messages:,}; quick {QUICK.messages:,})",
     )
+    parser.add_argument(
+        "--ops",
+        type=int,
+        help=f"transfers per primitives run (default {FULL.primitive_ops:,}; quick "
+        f"{QUICK.primitive_ops:,})",
+    )
     parser.add_argument("--only", choices=SECTIONS, help="run one section only")
     args = parser.parse_args(argv)
-    for name in ("reps", "messages"):
+    for name in ("reps", "messages", "ops"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name} must be at least 1")
@@ -66,7 +72,7 @@ def sizes_for(args: argparse.Namespace) -> Sizes:
     return Sizes(
         messages=args.messages or base.messages,
         reps=args.reps or base.reps,
-        primitive_ops=base.primitive_ops,
+        primitive_ops=args.ops or base.primitive_ops,
         memory_backlog=base.memory_backlog,
         quiet_wait_seconds=base.quiet_wait_seconds,
     )
@@ -90,11 +96,12 @@ async def run(args: argparse.Namespace, started: datetime.datetime) -> dict[str,
             )
         if "primitives" in wanted:
             await wait_for_purge(engine)
+            results["primitives"] = await primitives_section(
+                sizes.primitive_ops, sizes.reps, sizes.quiet_wait_seconds
+            )
+            await wait_for_purge(engine)
             primitives_engine = _primitives_engine()
             try:
-                results["primitives"] = await primitives_section(
-                    primitives_engine, sizes.primitive_ops, sizes.quiet_wait_seconds
-                )
                 results["overhead"] = await overhead_section(
                     primitives_engine, sizes.primitive_ops, sizes.reps, sizes.quiet_wait_seconds
                 )
@@ -114,8 +121,8 @@ async def run(args: argparse.Namespace, started: datetime.datetime) -> dict[str,
 
 
 def _primitives_engine() -> AsyncEngine:
-    """The engine the primitives and DbSession overhead sections share: the library's
-    recommended one, one connection per worker."""
+    """The engine of the DbSession overhead section: the library's recommended one, one
+    connection per worker."""
     return create_engine(DATABASE_URL, pool_size=PRIMITIVE_WORKERS, max_overflow=0)
 
 
@@ -124,7 +131,7 @@ def verification_failures(results: dict[str, Any]) -> int:
     failed = 0
     for runs in (results.get("consumer") or {}).get("runs", {}).values():
         failed += sum(not run["ok"] for run in runs)
-    failed += sum(not r["ok"] for r in results.get("primitives") or [])
+    failed += sum(not r["ok"] for r in (results.get("primitives") or {}).get("runs", []))
     failed += sum(not r["ok"] for r in (results.get("overhead") or {}).get("runs", []))
     memory = results.get("memory")
     return failed + (0 if not memory or memory["run"]["ok"] else 1)

@@ -21,6 +21,7 @@ DISTRIBUTIONS = (
     "safesync-async",
     "sqlalchemy",
     "asyncmy",
+    "asyncpg",
     "redis",
     "hiredis",
     "prometheus-client",

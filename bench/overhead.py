@@ -7,6 +7,7 @@ alternate within every repetition; the ratio compares median wall times.
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import sqlalchemy as sa
@@ -16,11 +17,11 @@ from safesync_async import DbSession
 
 from .counters import CounterTable
 from .load import Operation, run_load
-from .primitives import scenario_keys
 from .procstat import CpuMeter, CpuWindow, is_disturbed, wait_for_quiet_host
 from .settings import (
     ACCOUNTS,
     DISTURBED_SHARE,
+    PAYLOAD_SEED,
     PRIMITIVE_WORKERS,
     QUIET_HOST_BUSY,
 )
@@ -29,6 +30,12 @@ from .stats import median, progress, ratio
 TARGET_RATIO = 1.20
 WARM_UP_OPS = 200
 PATHS = ("DbSession", "AsyncConnection")
+
+
+def cold_keys(ops: int) -> list[int]:
+    """The row of each operation: seeded uniform over the rows."""
+    rng = random.Random(PAYLOAD_SEED)
+    return [rng.randint(1, ACCOUNTS) for _ in range(ops)]
 
 
 def paths(engine: AsyncEngine, table: str) -> dict[str, Operation]:
@@ -59,7 +66,7 @@ async def overhead_section(
     table = CounterTable(engine, ACCOUNTS)
     await table.create()
     work = paths(engine, table.name)
-    keys = scenario_keys(hot=False, ops=ops)
+    keys = cold_keys(ops)
     meter = CpuMeter()
     runs: list[dict[str, Any]] = []
     try:

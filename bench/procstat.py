@@ -57,6 +57,40 @@ async def wait_for_quiet_host(limit: float, patience: float, window: float = 0.5
             return share
 
 
+def parent_pid(pid: int | str) -> int | None:
+    """The parent of a process; None if unreadable."""
+    try:
+        text = (_PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    return int(text[text.rindex(")") + 2 :].split()[1])
+
+
+def main_thread_cpu_seconds(pid: int | str) -> float | None:
+    """CPU seconds of a process's main thread at nanosecond resolution
+    (``/proc/<pid>/schedstat``; for a single-threaded process, the whole process), falling
+    back to :func:`cpu_seconds`. Per-process tick counts would round each of many short
+    busy processes down by up to a tick."""
+    try:
+        return int((_PROC / str(pid) / "schedstat").read_text().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return cpu_seconds(pid)
+
+
+def tree_cpu_seconds(pid: int) -> float | None:
+    """CPU seconds of a single-threaded process and its direct children (a PostgreSQL
+    server: the postmaster and its backends); None if the process is unreadable. Children
+    that exited are not counted."""
+    own = main_thread_cpu_seconds(pid)
+    if own is None:
+        return None
+    total = own
+    for entry in _PROC.iterdir():
+        if entry.name.isdigit() and entry.name != str(pid) and parent_pid(entry.name) == pid:
+            total += main_thread_cpu_seconds(entry.name) or 0.0
+    return total
+
+
 def find_pid(*names: str) -> int | None:
     """The lowest pid whose command name is one of ``names`` (e.g. ``mariadbd``)."""
     found = []
@@ -81,16 +115,30 @@ class CpuSample:
     host_busy: float
 
 
-class CpuMeter:
-    """Samples the CPU time of the database and Redis servers (when they run on this host)."""
+#: Process names of the database servers, by the backend name used in the results.
+DATABASE_PROCESSES = {"mariadb": ("mariadbd", "mysqld"), "postgresql": ("postgres",)}
 
-    def __init__(self) -> None:
-        self.database_pid = find_pid("mariadbd", "mysqld")
+
+class CpuMeter:
+    """Samples the CPU time of the database and Redis servers (when they run on this host).
+    The database is the lowest pid with one of ``database_names`` and its direct children
+    (PostgreSQL runs a process per connection)."""
+
+    def __init__(self, database_names: tuple[str, ...] = DATABASE_PROCESSES["mariadb"]) -> None:
+        self.database_pid = find_pid(*database_names)
+        self._database_tree = "postgres" in database_names
         self.redis_pid = find_pid("redis-server", "valkey-server")
 
     def sample(self) -> CpuSample:
+        database = None
+        if self.database_pid:
+            database = (
+                tree_cpu_seconds(self.database_pid)
+                if self._database_tree
+                else cpu_seconds(self.database_pid)
+            )
         return CpuSample(
-            database=cpu_seconds(self.database_pid) if self.database_pid else None,
+            database=database,
             redis=cpu_seconds(self.redis_pid) if self.redis_pid else None,
             host_busy=host_busy_seconds(),
         )

@@ -31,6 +31,10 @@ class WorkerSpec:
     batch_size: int = 1
     deferred: bool = False  # the handler defers its UPDATE instead of executing it
 
+    @property
+    def name(self) -> str:
+        return self.consumer
+
     def to_json(self) -> str:
         return json.dumps(asdict(self))
 

@@ -5,28 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from .markdown import num as _num
+from .markdown import table as _table
+from .markdown import verdict as _verdict
+from .primitives.report import render_primitives
 from .settings import DISTURBED_SHARE
-
-
-def _num(value: float | None, digits: int = 0) -> str:
-    if value is None:
-        return "-"
-    text = f"{value:,.{digits}f}"
-    return text[1:] if text.startswith("-") and not text.strip("-0.,") else text  # no "-0.0"
 
 
 def _per_message_us(seconds: float | None, messages: int) -> str:
     return "-" if seconds is None else f"{seconds / messages * 1e6:,.0f}"
-
-
-def _verdict(ok: bool | None) -> str:
-    return "-" if ok is None else ("**pass**" if ok else "**FAIL**")
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return lines
 
 
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -43,6 +30,9 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                     "ok": None if value is None else value >= item["target"],
                 }
             )
+    primitives = results.get("primitives")
+    if primitives:
+        found += primitives.get("targets", [])
     overhead = results.get("overhead")
     if overhead:
         for item in overhead["comparisons"]:
@@ -81,6 +71,7 @@ def _environment(env: dict[str, Any]) -> list[str]:
         f"- Redis {rd['version']} (AOF {'on' if rd['aof_enabled'] else 'off'})",
         f"- Python {v['python']}; safesync_async {v['safesync_async (imported)']} "
         f"(git {env['git_revision']}); SQLAlchemy {v['sqlalchemy']}, asyncmy {v['asyncmy']}, "
+        f"asyncpg {v.get('asyncpg')}, "
         f"redis-py {v['redis']}, hiredis {v['hiredis']}; seed coti-safesync-framework "
         f"{v['coti-safesync-framework']} with PyMySQL {v['pymysql']}",
         "- All servers and benchmark processes share the same machine.",
@@ -182,42 +173,6 @@ def _transaction_notes(summary: list[dict[str, Any]], messages: int) -> list[str
     return ["", *notes] if notes else []
 
 
-def _primitives(records: list[dict[str, Any]]) -> list[str]:
-    first = records[0]
-    lines = [
-        f"## Database primitives ({first['workers']} concurrent workers, {first['ops']:,} "
-        "operations each)",
-        "",
-        "Latency is per operation, retries included. CPU µs/op: the benchmark process (the",
-        "library and the driver) and mariadbd, per operation.",
-        "",
-    ]
-    rows = []
-    for r in records:
-        cpu = r.get("cpu_s") or {}
-        done = r["completed"] or 1
-        rows.append(
-            [
-                r["primitive"],
-                r["rows"],
-                _num(r["ops_per_s"]),
-                _num(r["p50_ms"], 2),
-                _num(r["p99_ms"], 2),
-                _num(r["retries"]),
-                _num(r["deadlocks"]),
-                _per_message_us(cpu.get("own"), done),
-                _per_message_us(cpu.get("database"), done),
-                "yes" if r.get("disturbed") else "no",
-                f"{r['final_total']:,} / {r['ops']:,} " + ("ok" if r["ok"] else "**FAILED**"),
-            ]
-        )
-    header = [
-        "Primitive", "Rows", "ops/s", "p50 ms", "p99 ms", "retries", "deadlocks",
-        "client CPU µs/op", "mariadbd CPU µs/op", "disturbed", "counter",
-    ]  # fmt: skip
-    return lines + _table(header, rows)
-
-
 def _overhead(section: dict[str, Any]) -> list[str]:
     lines = [
         f"## DbSession overhead (SELECT by primary key + UPDATE + COMMIT, median of "
@@ -274,6 +229,12 @@ def _failures(results: dict[str, Any]) -> list[str]:
         for run in runs
         if not run["ok"]
     ]
+    failed += [
+        f"- primitives {r['backend']} {r['shape']} {r['strategy']} {r['implementation']} "
+        f"rep {r['rep']}: {'; '.join(r['problems'])}"
+        for r in (results.get("primitives") or {}).get("runs", [])
+        if not r["ok"]
+    ]
     return ["## Failed runs", "", *failed] if failed else []
 
 
@@ -286,7 +247,7 @@ def render(results: dict[str, Any]) -> str:
     if results.get("consumer"):
         lines += [*_consumer(results["consumer"], cpus), ""]
     if results.get("primitives"):
-        lines += [*_primitives(results["primitives"]), ""]
+        lines += [*render_primitives(results["primitives"]), ""]
     if results.get("overhead"):
         lines += [*_overhead(results["overhead"]), ""]
     if results.get("memory"):

@@ -6,16 +6,25 @@ import asyncio
 import contextlib
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, Protocol
 
 from .procstat import CpuMeter, delta
-from .protocol import GO, READY, RESULT, WorkerResult, WorkerSpec
+from .protocol import GO, READY, RESULT, WorkerResult
 from .settings import REPO_ROOT
 
 READY_TIMEOUT = 60.0
 _STDERR_TAIL = 2_000
+
+
+class Spec(Protocol):
+    """What a worker process is started with: a name for messages, JSON for its argv."""
+
+    @property
+    def name(self) -> str: ...
+
+    def to_json(self) -> str: ...
 
 
 @dataclass(slots=True)
@@ -34,17 +43,17 @@ class RunMeasurement:
 class _Worker:
     """One worker subprocess with its stderr kept in a temporary file."""
 
-    def __init__(self, spec: WorkerSpec, process: asyncio.subprocess.Process, stderr: IO[bytes]):
+    def __init__(self, spec: Spec, process: asyncio.subprocess.Process, stderr: IO[bytes]):
         self.spec = spec
         self.process = process
         self.stderr = stderr
 
     @classmethod
-    async def start(cls, spec: WorkerSpec, stderr: IO[bytes]) -> _Worker:
+    async def start(cls, spec: Spec, stderr: IO[bytes], module: str) -> _Worker:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "bench.worker",
+            module,
             spec.to_json(),
             cwd=REPO_ROOT,
             stdin=asyncio.subprocess.PIPE,
@@ -59,7 +68,7 @@ class _Worker:
         while True:
             raw = await self.process.stdout.readline()
             if not raw:
-                raise RuntimeError(f"{self.spec.consumer} exited before saying {marker.strip()!r}")
+                raise RuntimeError(f"{self.spec.name} exited before saying {marker.strip()!r}")
             line = raw.decode(errors="replace").rstrip("\n")
             if line.startswith(marker):
                 return line[len(marker) :]
@@ -67,6 +76,13 @@ class _Worker:
     def go(self) -> None:
         assert self.process.stdin is not None
         self.process.stdin.write(f"{GO}\n".encode())
+
+    def let_go(self) -> None:
+        """Close its stdin: a worker that waits for that after its result (to keep its
+        connections, and the server processes serving them, until the parent has
+        sampled them) may now close them and exit."""
+        assert self.process.stdin is not None
+        self.process.stdin.close()
 
     async def finish(self, grace: float) -> str | None:
         """Wait for the exit (killing it after ``grace`` seconds); an error text if it failed."""
@@ -76,10 +92,10 @@ class _Worker:
         except TimeoutError:
             self.kill()
             await self.process.wait()
-            return f"{self.spec.consumer}: killed after {grace:g} s"
+            return f"{self.spec.name}: killed after {grace:g} s"
         if code == 0:
             return None
-        return f"{self.spec.consumer}: exit status {code}: {self.stderr_tail()}"
+        return f"{self.spec.name}: exit status {code}: {self.stderr_tail()}"
 
     def kill(self) -> None:
         if self.process.returncode is None:
@@ -91,18 +107,27 @@ class _Worker:
         return self.stderr.read().decode(errors="replace")[-_STDERR_TAIL:].strip()
 
 
-async def run_workers(specs: Sequence[WorkerSpec], time_limit: float) -> RunMeasurement:
-    """Start every worker, wait until all are ready, release them at once, and wait up
-    to ``time_limit`` seconds for their results. Wall time is from the first worker's start
-    to the last worker's end; CPU covers the release-to-last-result window."""
+async def run_workers(
+    specs: Sequence[Spec],
+    time_limit: float,
+    *,
+    module: str = "bench.worker",
+    meter: CpuMeter | None = None,
+    before_go: Callable[[], Awaitable[None]] | None = None,
+) -> RunMeasurement:
+    """Start every worker (``python -m <module> '<spec json>'``), wait until all are
+    ready, run ``before_go`` (resetting tables, waiting for a quiet host), release them at
+    once, and wait up to ``time_limit`` seconds for their results. Wall time is from the
+    first worker's start to the last worker's end; CPU covers the release-to-last-result
+    window (``meter`` says which database server to watch; MariaDB by default)."""
     measurement = RunMeasurement()
     workers: list[_Worker] = []
     with contextlib.ExitStack() as files:
         try:
             for spec in specs:
                 stderr = files.enter_context(tempfile.TemporaryFile())
-                workers.append(await _Worker.start(spec, stderr))
-            await _measure(workers, time_limit, measurement)
+                workers.append(await _Worker.start(spec, stderr, module))
+            await _measure(workers, time_limit, measurement, meter or CpuMeter(), before_go)
         except (TimeoutError, RuntimeError) as exc:
             measurement.errors.append(f"{type(exc).__name__}: {exc}".rstrip(": "))
             for worker in workers:
@@ -119,17 +144,26 @@ async def run_workers(specs: Sequence[WorkerSpec], time_limit: float) -> RunMeas
     return measurement
 
 
-async def _measure(workers: list[_Worker], time_limit: float, measurement: RunMeasurement) -> None:
+async def _measure(
+    workers: list[_Worker],
+    time_limit: float,
+    measurement: RunMeasurement,
+    meter: CpuMeter,
+    before_go: Callable[[], Awaitable[None]] | None,
+) -> None:
     """Ready, go, results: fill ``measurement`` in."""
-    meter = CpuMeter()
     async with asyncio.timeout(READY_TIMEOUT):
         await asyncio.gather(*(w.line_starting(READY) for w in workers))
+    if before_go is not None:
+        await before_go()
     before = meter.sample()
     for worker in workers:
         worker.go()
     async with asyncio.timeout(time_limit):
         lines = await asyncio.gather(*(w.line_starting(RESULT) for w in workers))
     after = meter.sample()
+    for worker in workers:
+        worker.let_go()
     results = [WorkerResult.from_json(line) for line in lines]
     measurement.workers = results
     measurement.wall_seconds = max(r.finished for r in results) - min(r.started for r in results)

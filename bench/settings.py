@@ -8,6 +8,9 @@ from pathlib import Path
 
 DATABASE_URL = os.environ.get("SAFESYNC_DATABASE_URL", "mysql+asyncmy://root@127.0.0.1:3306/test")
 REDIS_URL = os.environ.get("SAFESYNC_REDIS_URL", "redis://127.0.0.1:6379/0")
+POSTGRES_URL = os.environ.get(
+    "SAFESYNC_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+)
 
 #: The repository root (worker subprocesses run ``python -m bench.worker`` from here).
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -17,7 +20,7 @@ ACCOUNTS = 1_000  # rows the consumer workload spreads its updates over
 GROUP = "bench"  # consumer group of every consumer run
 PAYLOAD_SEED = 20_240_611  # the generated workload is identical in every run
 DRAIN_POLL_SECONDS = 0.02  # how often every variant checks whether the group is drained
-PRIMITIVE_WORKERS = 32  # concurrent asyncio workers in the primitives section
+PRIMITIVE_WORKERS = 32  # concurrent workers (asyncio tasks, seed threads) per primitives run
 SEED_BLOCK_MS = 20  # seed consumer's XREADGROUP block: only matters once the stream is empty
 # The machine is shared with the servers (and maybe with other work): before each run wait
 # up to Sizes.quiet_wait_seconds for the host to be less than QUIET_HOST_BUSY busy; flag a
@@ -32,8 +35,8 @@ class Sizes:
     """How much work each section does."""
 
     messages: int  # consumer section: messages per run
-    reps: int  # consumer section and DbSession overhead: interleaved repetitions
-    primitive_ops: int  # primitives section: operations per scenario
+    reps: int  # interleaved repetitions of every section but memory
+    primitive_ops: int  # primitives section: transfers per run (and DbSession overhead ops)
     memory_backlog: int  # memory section: messages in the backlog
     quiet_wait_seconds: float  # longest wait for a quiet host before each run
 

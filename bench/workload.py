@@ -55,13 +55,14 @@ class Deposits:
         return cls(payloads, sum(p["amount"] for p in payloads))
 
 
-async def wait_for_purge(engine: AsyncEngine) -> int | None:
-    """Wait (bounded) until InnoDB has purged the undo history of earlier runs, so one
-    run's background purge does not bill the next; returns the history length left."""
+async def wait_for_purge(engine: AsyncEngine, limit: float = PURGE_WAIT_SECONDS) -> int | None:
+    """Wait (at most ``limit`` seconds) until InnoDB has purged the undo history of earlier
+    runs, so one run's background purge does not bill the next; returns the history
+    length left."""
     query = sa.text(
         "SELECT `COUNT` FROM information_schema.INNODB_METRICS WHERE NAME = 'trx_rseg_history_len'"
     )
-    deadline = time.monotonic() + PURGE_WAIT_SECONDS
+    deadline = time.monotonic() + limit
     while True:
         async with engine.connect() as conn:
             length = (await conn.execute(query)).scalar()
