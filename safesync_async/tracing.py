@@ -142,12 +142,19 @@ def message_span(
         yield span
 
 
-@contextlib.contextmanager
-def lock_span(kind: str, target: str, db_system: str) -> Iterator[Any]:
-    """A span around a lock acquisition (row lock on a table, or a named lock)."""
+_NO_SPAN: contextlib.nullcontext[None] = contextlib.nullcontext()
+
+
+def lock_span(kind: str, target: str, db_system: str) -> contextlib.AbstractContextManager[Any]:
+    """A span around a lock acquisition (row lock on a table, or a named lock); nothing,
+    at no cost, while tracing is not active."""
     if not active():
-        yield None
-        return
+        return _NO_SPAN
+    return _lock_span(kind, target, db_system)
+
+
+@contextlib.contextmanager
+def _lock_span(kind: str, target: str, db_system: str) -> Iterator[Any]:
     attrs = {
         "db.system.name": db_system,
         "db.operation.name": "SELECT FOR UPDATE" if kind == "row" else "GET_LOCK",

@@ -1,9 +1,10 @@
-"""safesync_async's public API, as its documentation recommends: ``create_engine`` with
-one pooled connection per worker, every transfer in ``retry_transaction``."""
+"""safesync_async's public API, as its documentation recommends for a worker that runs
+many transactions in a row: ``create_engine`` with one pooled connection per worker, each
+worker keeping its connection in a ``ConnectionLease``, every transfer in
+``retry_transaction(..., lease=lease)`` (each attempt a new transaction)."""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 
 from prometheus_client import CollectorRegistry
@@ -11,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from safesync_async import (
     AdvisoryLock,
+    ConnectionLease,
     DbSession,
     RowLock,
     create_engine,
@@ -68,9 +70,10 @@ def strategies(table: str) -> dict[str, Work]:
     return {"atomic": atomic, "row_lock": row_lock, "occ": occ, "advisory": advisory}
 
 
-class LibraryTransfers(AsyncImplementation[None]):
-    """``retry_transaction(engine, work, ...)`` per transfer, 32 asyncio workers sharing
-    ``create_engine(url, pool_size=32, max_overflow=0)``. Retries are counted in a private
+class LibraryTransfers(AsyncImplementation[ConnectionLease]):
+    """``retry_transaction(engine, work, lease=...)`` per transfer, 32 asyncio workers,
+    each with a lease on ``create_engine(url, pool_size=32, max_overflow=0)`` (the raw loop
+    keeps one connection per worker too). Retries are counted in a private
     ``CollectorRegistry`` (the same work as the default registry)."""
 
     engine: AsyncEngine
@@ -80,16 +83,17 @@ class LibraryTransfers(AsyncImplementation[None]):
         self.registry = CollectorRegistry()
         self.work = strategies(spec.table)[spec.strategy]
 
-    async def connect(self) -> Sequence[None]:
+    async def connect(self) -> Sequence[ConnectionLease]:
         spec = self.spec
         self.engine = create_engine(spec.database_url, pool_size=spec.workers, max_overflow=0)
         self.resources.push_async_callback(self.engine.dispose)
-        async with contextlib.AsyncExitStack() as stack:  # open every pooled connection
-            for _ in range(spec.workers):
-                await stack.enter_async_context(self.engine.connect())
-        return [None] * spec.workers
+        leases = [ConnectionLease(self.engine) for _ in range(spec.workers)]
+        for lease in leases:  # opens every pooled connection
+            await lease.checkout()
+            self.resources.push_async_callback(lease.close)
+        return leases
 
-    async def transfer(self, slot: None, transfer: Transfer) -> None:
+    async def transfer(self, slot: ConnectionLease, transfer: Transfer) -> None:
         work = self.work
 
         async def attempt(session: DbSession) -> None:
@@ -98,7 +102,7 @@ class LibraryTransfers(AsyncImplementation[None]):
         await retry_transaction(
             self.engine, attempt, operation=self.spec.strategy, registry=self.registry,
             max_attempts=MAX_ATTEMPTS, max_elapsed=MAX_ELAPSED,
-            base_delay=BASE_DELAY, max_delay=MAX_DELAY,
+            base_delay=BASE_DELAY, max_delay=MAX_DELAY, lease=slot,
         )  # fmt: skip
 
     def retries(self) -> dict[str, int]:

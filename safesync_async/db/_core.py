@@ -55,6 +55,25 @@ class TransactionCore:
     methods without a leading underscore form the interface the primitives use.
     """
 
+    __slots__ = (
+        "_busy",
+        "_cleanup_timeout",
+        "_conn",
+        "_connector",
+        "_deferred",
+        "_lease",
+        "_phase",
+        "_restore_sql",
+        "_setup_sql",
+        "_started",
+        "_state",
+        "dialect",
+        "engine",
+        "metrics",
+        "operation",
+        "sa_dialect",
+    )
+
     def __init__(
         self,
         engine: AsyncEngine,

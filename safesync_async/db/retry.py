@@ -21,6 +21,7 @@ from ..errors import (
     VersionConflictError,
 )
 from ..metrics import DEFAULT_REGISTRY, RegistryArg, metrics_for
+from .lease import ConnectionLease
 from .session import DbSession
 
 __all__ = ["retry_transaction"]
@@ -44,6 +45,7 @@ async def retry_transaction(
     isolation_level: str | None = None,
     lock_timeout: float | None = None,
     registry: RegistryArg = DEFAULT_REGISTRY,
+    lease: ConnectionLease | None = None,
 ) -> _T:
     """Run ``await work(session)`` in a fresh :class:`DbSession`, retrying when useful.
 
@@ -57,6 +59,10 @@ async def retry_transaction(
     ``max_elapsed`` seconds, raising :class:`RetryExhaustedError` from the last
     error. Every other exception, including :class:`CommitOutcomeUnknownError`,
     propagates at once. Returns what ``work`` returns.
+
+    ``lease``: run every attempt on a :class:`ConnectionLease`'s connection instead of
+    checking one out of the pool each time, for a task that runs many transactions in a
+    row (a worker): the same pool connection, each attempt still its own transaction.
     """
     check_int("max_attempts", max_attempts, minimum=1)
     for name, value in (
@@ -77,6 +83,7 @@ async def retry_transaction(
                 lock_timeout=lock_timeout,
                 operation=operation,
                 registry=registry,
+                lease=lease,
             ) as session:
                 return await work(session)
         except RETRYABLE_ERRORS as exc:
