@@ -22,6 +22,7 @@ from safesync_async import (
     LockNotAvailableError,
     LockTimeoutError,
     MultipleRowsError,
+    RollbackOnlyError,
     RowLock,
     lock_name,
 )
@@ -158,24 +159,30 @@ async def test_advisory_lock_released_when_session_ends(
 
 
 async def test_advisory_lock_timeout_and_reentry(engine: AsyncEngine, backend: Backend) -> None:
-    """A key held elsewhere times out with LockTimeoutError after about the timeout; the
-    holder may take it again; timeout=0 tries once; bad timeouts are rejected."""
+    """A key held elsewhere times out with LockTimeoutError after about the timeout (on
+    PostgreSQL the session is then rollback-only, like after any PostgreSQL error); the
+    holder may take it again; timeout=0 tries once without an error; bad timeouts are
+    rejected."""
     key = f"report:{id(engine)}"
     async with DbSession(engine) as holder:
         await AdvisoryLock(holder, key).acquire()
         await AdvisoryLock(holder, key).acquire()  # re-entrant on the same connection
         loop = asyncio.get_running_loop()
         async with DbSession(engine) as other:
-            started = loop.time()
-            with pytest.raises(LockTimeoutError) as info:
-                await AdvisoryLock(other, key, timeout=0.5).acquire()
-            assert 0.4 < loop.time() - started < 3
-            assert isinstance(info.value, TimeoutError)
-            assert info.value.key == key and info.value.lock_name == lock_name(key)
-            assert "not acquired within 0.5 s" in str(info.value)
             with pytest.raises(LockTimeoutError):
                 await AdvisoryLock(other, key, timeout=0).acquire()
             assert not other.is_rollback_only
+        waited = DbSession(engine)
+        with contextlib.suppress(RollbackOnlyError):
+            async with waited as other:
+                started = loop.time()
+                with pytest.raises(LockTimeoutError) as info:
+                    await AdvisoryLock(other, key, timeout=0.5).acquire()
+                assert 0.4 < loop.time() - started < 3
+                assert isinstance(info.value, TimeoutError)
+                assert info.value.key == key and info.value.lock_name == lock_name(key)
+                assert "not acquired within 0.5 s" in str(info.value)
+                assert other.is_rollback_only is (not backend.is_mysql)
     assert await backend.other_connection_gets(key) is True
     async with DbSession(engine) as s:
         for bad in (-1, float("nan"), float("inf"), "1", True):
@@ -187,22 +194,26 @@ async def test_advisory_lock_timeout_and_reentry(engine: AsyncEngine, backend: B
 
 async def test_killed_lock_wait_is_an_error(engine: AsyncEngine, backend: Backend) -> None:
     """A named-lock wait cancelled on the server (MySQL: GET_LOCK returns NULL; PostgreSQL:
-    the statement is cancelled) raises LockAcquireError, not a timeout."""
+    the statement is cancelled, which aborts the transaction) raises LockAcquireError,
+    not a timeout."""
     key = f"killed:{id(engine)}"
     async with DbSession(engine) as holder:
         await AdvisoryLock(holder, key).acquire()
-        async with DbSession(engine) as waiter:
-            waiter_id = await waiter.execute_scalar(backend.connection_id_sql)
+        waiter = DbSession(engine)
+        with contextlib.suppress(RollbackOnlyError):
+            async with waiter:
+                waiter_id = await waiter.execute_scalar(backend.connection_id_sql)
 
-            async def kill_soon() -> None:
-                await asyncio.sleep(0.3)
-                async with DbSession(engine) as killer:
-                    await killer.execute(backend.cancel_statement_sql(waiter_id))
+                async def kill_soon() -> None:
+                    await asyncio.sleep(0.3)
+                    async with DbSession(engine) as killer:
+                        await killer.execute(backend.cancel_statement_sql(waiter_id))
 
-            killer_task = asyncio.create_task(kill_soon())
-            with pytest.raises(LockAcquireError):
-                await AdvisoryLock(waiter, key, timeout=20).acquire()
-            await killer_task
+                killer_task = asyncio.create_task(kill_soon())
+                with pytest.raises(LockAcquireError):
+                    await AdvisoryLock(waiter, key, timeout=20).acquire()
+                await killer_task
+                assert waiter.is_rollback_only is (not backend.is_mysql)
 
 
 @given(st.one_of(st.text(max_size=300), st.binary(max_size=300), st.integers()))
@@ -301,8 +312,8 @@ async def test_advisory_lock_release_shares_the_commit_round_trip(
         await s.execute("SELECT 1")
     if backend.is_mysql:
         assert round_trips == ["SELECT GET_LOCK", "SELECT 1", "COMMIT + SELECT RELEASE_ALL_LOCKS"]
-    else:
-        assert round_trips == ["SELECT pg_try_advisory_xact_lock", "SELECT 1", "COMMIT"]
+    else:  # the bounded wait, in one statement
+        assert round_trips == ["SELECT set_config", "SELECT 1", "COMMIT"]
     assert await backend.other_connection_gets(key)
     round_trips.clear()
     with pytest.raises(LookupError):

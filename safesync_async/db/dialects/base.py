@@ -91,20 +91,21 @@ _ADVICE: dict[ErrorKind, str] = {
 
 @dataclass(frozen=True, slots=True)
 class AdvisoryLockSql:
-    """How a backend takes a named lock, as SQL text (run by the locking module).
+    """How a backend takes a named lock, as one SQL statement (run by the locking module).
 
-    ``attempt`` returns 1/true when granted, 0/false when held elsewhere for its whole
-    wait, NULL when the server reported an error or the wait was killed. If not granted
-    and the caller allows a wait, ``wait`` (when not None) is run inside a savepoint: it
-    waits on the server up to the timeout and fails with a lock-wait-timeout error.
-    ``outlives_transaction``: the lock stays with the connection after COMMIT/ROLLBACK and
-    must be released explicitly before the connection returns to the pool.
+    ``answers`` says how the statement reports the outcome: ``True``, its result is
+    1/true when granted, 0/false when the lock was held elsewhere for the whole wait, NULL
+    when the server reported an error or the wait was killed; ``False``, it waits on the
+    server and either returns (granted) or fails with a lock-wait-timeout error (the lock
+    was held elsewhere for the whole wait) or a statement-timeout error (the wait was
+    killed). ``outlives_transaction``: the lock stays with the connection after
+    COMMIT/ROLLBACK and must be released explicitly before the connection returns to the
+    pool.
     """
 
-    attempt: str
-    attempt_params: dict[str, Any]
-    wait: str | None
-    wait_params: dict[str, Any]
+    statement: str
+    params: dict[str, Any]
+    answers: bool
     outlives_transaction: bool
 
 

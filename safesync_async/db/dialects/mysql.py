@@ -130,10 +130,9 @@ class MySQLDialect(Dialect):
     def advisory_lock_sql(self, key: LockKey, name: str, wait: float) -> AdvisoryLockSql:
         # GET_LOCK waits on the server itself; the lock belongs to the connection.
         return AdvisoryLockSql(
-            attempt="SELECT GET_LOCK(:name, :timeout)",
-            attempt_params={"name": name, "timeout": wait},
-            wait=None,
-            wait_params={},
+            statement="SELECT GET_LOCK(:name, :timeout)",
+            params={"name": name, "timeout": wait},
+            answers=True,
             outlives_transaction=True,
         )
 

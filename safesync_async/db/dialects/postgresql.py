@@ -94,12 +94,20 @@ class PostgreSQLDialect(Dialect):
         return None  # NOWAIT since 8.1, SKIP LOCKED since 9.5
 
     def advisory_lock_sql(self, key: LockKey, name: str, wait: float) -> AdvisoryLockSql:
+        # One round trip either way: a try when there is no wait; else the wait itself,
+        # bounded on the server (a timeout is an error, so the transaction is aborted).
         key64 = advisory_key64(key)
+        if wait == 0:
+            return AdvisoryLockSql(
+                statement="SELECT pg_try_advisory_xact_lock(:k)",
+                params={"k": key64},
+                answers=True,
+                outlives_transaction=False,
+            )
         return AdvisoryLockSql(
-            attempt="SELECT pg_try_advisory_xact_lock(:k)",
-            attempt_params={"k": key64},
-            wait=_ADVISORY_WAIT,
-            wait_params={"wait": f"{max(1, math.ceil(wait * 1000))}ms", "k": key64},
+            statement=_ADVISORY_WAIT,
+            params={"wait": f"{max(1, math.ceil(wait * 1000))}ms", "k": key64},
+            answers=False,
             outlives_transaction=False,
         )
 

@@ -36,7 +36,11 @@ class AdvisoryLock:
 
     Raises :class:`LockTimeoutError` (also a ``TimeoutError``) when another
     connection kept the lock for the whole timeout, and :class:`LockAcquireError`
-    when the server returned NULL (an error, or the wait was killed).
+    when the server returned NULL (an error, or the wait was killed). One round trip
+    either way. On MySQL/MariaDB the session stays usable after a timeout; on
+    PostgreSQL a wait (``timeout`` above 0) that times out is an error there, which
+    leaves the session rollback-only like every PostgreSQL error (``timeout=0`` only
+    tries, and never does).
     """
 
     def __init__(self, session: DbSession, key: LockKey, timeout: float = 10.0) -> None:
@@ -89,24 +93,20 @@ class AdvisoryLock:
 
 
 async def _take(core: TransactionCore, key: LockKey, name: str, wait: float) -> AdvisoryOutcome:
-    """Run the backend's named-lock SQL: one attempt, then (where the backend waits in a
-    separate statement) a wait bounded on the server, inside a savepoint."""
+    """Run the backend's named-lock statement and read what it came to."""
     sql = core.dialect.advisory_lock_sql(key, name, wait)
     if sql.outlives_transaction:
         # Noted before the call: if the wait is interrupted the server may still grant it.
         core.note_named_lock()
-    granted = (await core.run(sql.attempt, sql.attempt_params)).scalar()
+    if not sql.answers:
+        try:
+            await core.run(sql.statement, sql.params)
+        except LockWaitTimeoutError:
+            return AdvisoryOutcome.TIMEOUT
+        except StatementTimeoutError:  # the wait was cancelled (pg_cancel_backend, timeout)
+            return AdvisoryOutcome.FAILED
+        return AdvisoryOutcome.ACQUIRED
+    granted = (await core.run(sql.statement, sql.params)).scalar()
     if granted is None:
         return AdvisoryOutcome.FAILED
-    if granted:
-        return AdvisoryOutcome.ACQUIRED
-    if sql.wait is None or wait == 0:
-        return AdvisoryOutcome.TIMEOUT
-    try:
-        async with core.savepoint():
-            await core.run(sql.wait, sql.wait_params)
-    except LockWaitTimeoutError:
-        return AdvisoryOutcome.TIMEOUT
-    except StatementTimeoutError:  # the wait was cancelled (pg_cancel_backend, timeout)
-        return AdvisoryOutcome.FAILED
-    return AdvisoryOutcome.ACQUIRED
+    return AdvisoryOutcome.ACQUIRED if granted else AdvisoryOutcome.TIMEOUT
