@@ -107,8 +107,9 @@ def check_deferrable(statement: Statement, *, hash_comments: bool) -> None:
         )
 
 
+@functools.lru_cache(maxsize=2048)
 def _scan_problem(sql: str, *, hash_comments: bool) -> str | None:
-    """Why ``sql`` is not one deferrable statement, or None."""
+    """Why ``sql`` is not one deferrable statement, or None (scanned once per text)."""
     first: str | None = None
     index, length = 0, len(sql)
     trailing = False  # a top-level ';' was seen: only whitespace and comments may follow
