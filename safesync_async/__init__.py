@@ -54,6 +54,7 @@ from .metrics import DEFAULT_REGISTRY
 from .queue import (
     Codec,
     ConsumerHealth,
+    ConsumerReadiness,
     ConsumerStatistics,
     DeadLetter,
     DeadLetterReason,
@@ -76,6 +77,7 @@ from .queue import (
     server_info,
     stream_health,
 )
+from .worker import WorkerApp
 
 __version__ = "0.1.0"
 
@@ -91,6 +93,7 @@ __all__ = [
     "ConnectionLease",
     "ConsumerGroupMissingError",
     "ConsumerHealth",
+    "ConsumerReadiness",
     "ConsumerStatistics",
     "DatabaseDisconnectError",
     "DatabaseError",
@@ -133,6 +136,7 @@ __all__ = [
     "TransactionOutcome",
     "UnsafeOperationError",
     "VersionConflictError",
+    "WorkerApp",
     "check_redis_client",
     "create_engine",
     "create_redis_client",

@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from ..errors import SafeSyncError
 from ..queue.health import stream_health
 from ..queue.outbox import Outbox
+from ..worker.settings import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL
 from . import render
 from .operations import (
     EXIT_FAILED,
@@ -38,11 +39,9 @@ from .operations import (
     replay,
     stream_violations,
 )
+from .worker import worker_command
 
 __all__ = ["DEFAULT_DATABASE_URL", "DEFAULT_REDIS_URL", "app"]
-
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-DEFAULT_DATABASE_URL = "mysql+asyncmy://root@127.0.0.1:3306/test"
 
 app = typer.Typer(
     name="safesync",
@@ -56,6 +55,7 @@ dead_letters_app = typer.Typer(
 outbox_app = typer.Typer(help="The transactional outbox table.", no_args_is_help=True)
 app.add_typer(dead_letters_app, name="dead-letters")
 app.add_typer(outbox_app, name="outbox")
+app.command("worker")(worker_command)
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,7 @@ from .config import QueueConfig
 from .errors import redis_errors
 from .models import QueueMessage
 from .processing import DbHandler, Handler, InboxStore, MessageProcessor
+from .readiness import ConsumerReadiness
 from .statistics import ConsumerRecorder, ConsumerStatistics
 from .streams import Delivery, GroupStream
 
@@ -72,6 +73,7 @@ class QueueConsumer:
     :meth:`ack`, :meth:`claim_stale`, :meth:`run_claim_stale`, :meth:`stop`.
 
     A consumer runs one loop at a time; start one consumer per worker task/process.
+    ``consumer.readiness`` answers health probes (see :class:`ConsumerReadiness`).
     """
 
     def __init__(
@@ -91,6 +93,7 @@ class QueueConsumer:
         )
         self._metrics = metrics_for(registry)
         self._recorder = ConsumerRecorder(self._metrics, config.stream_key, config.consumer_group)
+        self.readiness = ConsumerReadiness()
         self._processor = MessageProcessor(
             config,
             self._streams,
@@ -98,6 +101,7 @@ class QueueConsumer:
             inbox=inbox,
             registry=registry,
             on_fatal=self._fail,
+            readiness=self.readiness,
         )
         self._stop_requested: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -342,7 +346,9 @@ class QueueConsumer:
                     for _ in range(concurrency)
                 ]
                 task_status.started()
+                self.readiness.loops_started()
                 await stop_requested.wait()
+                self.readiness.loops_stopped()
                 draining = True
                 for feeder in feeders:
                     feeder.cancel()
@@ -359,6 +365,7 @@ class QueueConsumer:
             await run_to_completion(self._flush_acks_after_cancel(acks))
             raise
         finally:
+            self.readiness.loops_stopped()
             self._running = False
             self._stopping = False
             self._processor.acks = None
@@ -409,8 +416,10 @@ class QueueConsumer:
         while not stop_requested.is_set():
             try:
                 await self._prepare_once()
+                self.readiness.redis_ok()
                 return True
             except QueueConnectionError as exc:
+                self.readiness.redis_failed(exc)
                 self._recorder.record_connection_error(exc)
                 await backoff.sleep(stop_requested)
         return False
@@ -425,6 +434,7 @@ class QueueConsumer:
                     "groups (enable appendonly for durable queues)"
                 )
         await self._streams.ensure_group(self.config.start_id)
+        self.readiness.group_exists()
         self._prepared = True
 
     async def _prepare_manual(self) -> None:
@@ -447,6 +457,7 @@ class QueueConsumer:
                 else:
                     deliveries = await self._read_new(free)
             except QueueConnectionError as exc:
+                self.readiness.redis_failed(exc)
                 self._recorder.record_connection_error(exc)
                 await backoff.sleep()
                 cursor = "0"
@@ -457,6 +468,7 @@ class QueueConsumer:
                 cursor = "0"
                 continue
             backoff.reset()
+            self.readiness.redis_ok()
             self._enqueue(work, deliveries)
 
     async def _claim_loop(
@@ -481,6 +493,7 @@ class QueueConsumer:
                     ):
                         result = await self._streams.claim_idle(min_idle_ms, cursor, free)
                 except QueueConnectionError as exc:
+                    self.readiness.redis_failed(exc)
                     self._recorder.record_connection_error(exc)
                     await backoff.sleep()
                     continue
@@ -489,6 +502,7 @@ class QueueConsumer:
                         return self._fail(exc)
                     continue
                 backoff.reset()
+                self.readiness.redis_ok()
                 cursor = result.next_cursor
                 await self._processor.report_deleted(result.deleted_ids)
                 fresh = [d for d in result.deliveries if d.id not in self._outstanding]
@@ -608,6 +622,7 @@ class QueueConsumer:
 
     async def _group_missing(self, exc: ConsumerGroupMissingError) -> bool:
         """Apply ``on_missing_group``; True if the group was recreated."""
+        self.readiness.group_missing()
         if self.config.on_missing_group == "fail":
             _log.error("consumer group missing and on_missing_group='fail': %s", exc)
             return False
@@ -619,6 +634,7 @@ class QueueConsumer:
             self.config.start_id,
         )
         await self._streams.ensure_group(self.config.start_id)
+        self.readiness.group_exists()
         self._recorder.record_group_recreated()
         return True
 

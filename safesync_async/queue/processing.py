@@ -28,6 +28,7 @@ from .backoff import Backoff
 from .config import QueueConfig
 from .dead_letters import DeadLetterReason, dead_letter_fields
 from .models import QueueMessage
+from .readiness import ConsumerReadiness
 from .statistics import ConsumerRecorder
 from .streams import Delivery, GroupStream
 
@@ -68,6 +69,7 @@ class MessageProcessor:
         inbox: InboxStore | None,
         registry: RegistryArg,
         on_fatal: Callable[[BaseException], None],
+        readiness: ConsumerReadiness | None = None,
     ) -> None:
         self.config = config
         self._streams = streams
@@ -76,6 +78,7 @@ class MessageProcessor:
         self._registry = registry
         self._metrics = metrics_for(registry)
         self._on_fatal = on_fatal
+        self._readiness = readiness if readiness is not None else ConsumerReadiness()
         self._operation = f"consume:{config.stream_key}"
         self._last_errors: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._database_backoff = Backoff(config.reconnect_initial_delay, config.reconnect_max_delay)
@@ -197,6 +200,7 @@ class MessageProcessor:
     def _committed(self, deliveries: list[Delivery], duplicates: int) -> None:
         """Their transaction committed: queue the acks."""
         self._database_backoff.reset()
+        self._readiness.database_ok()
         failpoint("consumer.after_commit")
         self._recorder.record_duplicates(duplicates)
         assert self.acks is not None
@@ -300,6 +304,7 @@ class MessageProcessor:
         """The database, not the message, failed: keep the entry pending without spending
         one of its deliveries, and hold back reads until the database is back."""
         self._recorder.record_failure()
+        self._readiness.database_failed(exc)
         _log.warning("database unavailable while handling %s: %s", delivery.id, exc)
         try:
             await self._streams.release(delivery)
