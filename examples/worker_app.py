@@ -37,7 +37,6 @@ from safesync_async import (
 
 from .settings import DATABASE_URL, REDIS_URL
 
-# --8<-- [start:app]
 INBOX = Inbox("example_worker_inbox")
 
 worker = WorkerApp(
@@ -56,9 +55,6 @@ async def record_payment(msg: QueueMessage[Any], session: DbSession) -> None:
         "INSERT INTO example_worker_payments (payment_id, amount) VALUES (:id, :amount)",
         {"id": msg.payload["payment_id"], "amount": msg.payload["amount"]},
     )
-
-
-# --8<-- [end:app]
 
 
 async def recorded(engine: AsyncEngine) -> int:
@@ -102,7 +98,6 @@ async def main() -> None:
         await INBOX.create_table(engine)
         producer = QueueProducer(redis, stream)
         await producer.publish_batch({"payment_id": i, "amount": 10 * i} for i in range(1, 51))
-        # --8<-- [start:command]
         runner = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "safesync_async.cli", "worker", "examples.worker_app:worker",
             "--workers", "2", "--http-port", str(port),
@@ -110,7 +105,6 @@ async def main() -> None:
             env={**os.environ, "SAFESYNC_DATABASE_URL": DATABASE_URL,
                  "SAFESYNC_REDIS_URL": REDIS_URL},
         )  # fmt: skip
-        # --8<-- [end:command]
         try:
             async with asyncio.timeout(60):
                 while await asyncio.to_thread(_acked_or_zero, port, stream) < 50:  # noqa: ASYNC110

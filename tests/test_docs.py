@@ -5,6 +5,7 @@ build itself is the ``docs`` nox session, part of CI."""
 from __future__ import annotations
 
 import re
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ RUFF_OFF = "<!-- fmt: off -->"
 _FENCE = re.compile(r"^(?P<indent>\s*)(?P<fence>`{3,}|~{3,})\s*(?P<info>[^\s`]*)")
 _INCLUDE = re.compile(r'^\s*--8<--\s+"(?P<path>[^"]+?)(?::(?P<section>[A-Za-z0-9_-]+))?"\s*$')
 _MARKER = re.compile(r"--8<--\s+\[(?P<kind>start|end):(?P<name>[A-Za-z0-9_-]+)\]")
+_FROM = re.compile(r"^<!--\s*from\s+(?P<path>examples/\S+)\s*-->$")
 
 
 @dataclass(frozen=True)
@@ -89,9 +91,29 @@ def _include_problem(line: str, *, from_examples: bool = False) -> str | None:
     return None
 
 
+def _inline_problem(page: Path, block: Block) -> str | None:
+    """For a block right below ``<!-- from examples/X.py -->``: why its code is not a
+    verbatim (dedented) slice of that file, or None if it is. "" if there is no marker."""
+    above = page.read_text().splitlines()[block.line - 2].strip() if block.line > 1 else ""
+    marker = _FROM.match(above)
+    if marker is None:
+        return ""
+    source = ROOT / marker["path"]
+    if not source.is_file():
+        return f"no such file: {marker['path']}"
+    wanted = textwrap.dedent("\n".join(block.lines)).strip("\n").splitlines()
+    lines = source.read_text().splitlines()
+    for start in range(len(lines) - len(wanted) + 1):
+        window = textwrap.dedent("\n".join(lines[start : start + len(wanted)]))
+        if window.strip("\n").splitlines() == wanted:
+            return None
+    return f"the code is not a verbatim slice of {marker['path']}"
+
+
 def test_code_blocks_are_included_from_examples() -> None:
     """Every Python or SQL block in docs/ consists only of snippet includes of existing
-    sections of files under examples/, and every fenced block names its language."""
+    sections of files under examples/, or is marked ``<!-- from examples/X.py -->`` and
+    is a verbatim slice of that file; every fenced block names its language."""
     problems = []
     for page in _pages():
         for block in _blocks(page):
@@ -99,6 +121,12 @@ def test_code_blocks_are_included_from_examples() -> None:
             if not block.language:
                 problems.append(f"{where}: a fenced block without a language")
             if block.language not in CODE_LANGUAGES:
+                continue
+            inline = _inline_problem(page, block)
+            if inline is None:
+                continue
+            if inline:
+                problems.append(f"{where}: {inline}")
                 continue
             includes = [line for line in block.lines if line.strip()]
             if not includes:

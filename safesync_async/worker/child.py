@@ -20,6 +20,7 @@ from types import FrameType
 from typing import Any
 
 import anyio.abc
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ..db.engine import create_engine
 from ..errors import ConfigurationError
@@ -46,6 +47,8 @@ EXIT_CONFIGURATION = 2
 TICK_SECONDS = 0.2
 HEARTBEAT_SECONDS = 1.0
 _MAX_REASON = 300
+#: Longest time spent opening database connections before consuming.
+WARM_UP_SECONDS = 5.0
 
 _log = logging.getLogger("safesync_async.worker")
 
@@ -175,6 +178,8 @@ async def _serve(
     if early_signals:  # SIGTERM before the handlers were installed
         consumer.stop()
     try:
+        if engine is not None and not consumer.stopping:
+            await _open_connections(engine, settings.concurrency)
         async with asyncio.TaskGroup() as tasks:
             reporting = tasks.create_task(reporter.run())
             try:
@@ -196,6 +201,28 @@ async def _serve(
         await redis.aclose()
         if engine is not None:
             await engine.dispose()
+
+
+async def _open_connections(engine: AsyncEngine, wanted: int) -> None:
+    """Open the pool's connections (up to ``wanted``) before consuming, so that the first
+    messages of a backlog do not each wait for a connection to be set up. A failure is
+    left to the consumer, which rides out database outages."""
+    size = getattr(engine.pool, "size", None)
+    count = min(wanted, int(size())) if callable(size) else 0
+    connections: list[AsyncConnection] = []
+
+    async def open_one() -> None:
+        connections.append(await engine.connect())
+
+    try:
+        async with asyncio.timeout(WARM_UP_SECONDS), asyncio.TaskGroup() as tasks:
+            for _ in range(count):
+                tasks.create_task(open_one())
+    except Exception as exc:
+        _log.warning("could not open the database connections in advance: %r", exc)
+    finally:
+        for connection in connections:
+            await connection.close()
 
 
 def main() -> int:

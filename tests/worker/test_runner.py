@@ -11,6 +11,7 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -79,6 +80,7 @@ async def test_two_processes_drain_a_backlog_with_the_inbox(
     assert sorted(per_worker) == [0, 1] and sum(per_worker.values()) == 400, per_worker
 
 
+@pytest.mark.faults
 async def test_killed_process_is_restarted_and_nothing_is_lost(
     engine: AsyncEngine,
     redis: Redis,
@@ -120,6 +122,7 @@ async def test_killed_process_is_restarted_and_nothing_is_lost(
     assert len(events) == 1 and events[0]["exit_code"] == -signal.SIGKILL, events
 
 
+@pytest.mark.faults
 async def test_sigterm_under_load_drains_every_process(
     engine: AsyncEngine,
     redis: Redis,
@@ -164,6 +167,7 @@ async def test_sigterm_under_load_drains_every_process(
     assert (counts.lost, counts.duplicated, counts.left_pending) == (0, 0, 0), counts
 
 
+@pytest.mark.faults
 async def test_second_signal_kills_the_processes(
     engine: AsyncEngine,
     redis: Redis,

@@ -5,11 +5,14 @@ documented exit code: 2 for configuration, 3 for an unreachable server."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 
 import pytest
 
-from .conftest import Runner
+from .conftest import REPO_ROOT, Runner
 
 SECRET = "s3cret-pa55"
 UNREACHABLE_REDIS = f"redis://:{SECRET}@127.0.0.1:1/0"
@@ -81,3 +84,23 @@ async def test_startup_error_as_json(runners: Callable[..., Runner]) -> None:
     assert (record["level"], record["event"], record["exit_code"]) == ("error", "startup_failed", 3)
     assert record["message"].startswith("Redis unreachable at redis://:***@127.0.0.1:1/0")
     assert SECRET not in line
+
+
+def test_global_options_and_help() -> None:
+    """``safesync --redis URL worker ...`` uses the global option (a command-line value,
+    unlike its default); ``safesync worker --help`` documents the command."""
+    result = subprocess.run(
+        [sys.executable, "-m", "safesync_async.cli", "--redis", UNREACHABLE_REDIS, "--json",
+         "worker", "tests.worker.apps:effects", "--stream", "s"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False,
+        env={k: v for k, v in os.environ.items() if k != "SAFESYNC_REDIS_URL"},
+    )  # fmt: skip
+    assert result.returncode == 3, result.stderr
+    record = json.loads(result.stderr)
+    assert record["message"].startswith("Redis unreachable at redis://:***@127.0.0.1:1/0")
+    result = subprocess.run(
+        [sys.executable, "-m", "safesync_async.cli", "worker", "--help"],
+        capture_output=True, text=True, timeout=60, check=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    assert "MODULE:APP" in result.stdout and "--workers" in result.stdout

@@ -9,6 +9,7 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -20,6 +21,7 @@ from .conftest import Runner, app_env, effect_rows, publish
 from .test_runner import APP, settled
 
 
+@pytest.mark.faults
 async def test_readiness_follows_a_redis_outage(
     stream: str, effects: str, runners: Callable[..., Runner]
 ) -> None:
@@ -100,6 +102,7 @@ async def test_reload_restarts_processes_without_losing_work(
     assert events.count("reloading") == 1 and events.count("worker_restarting") == 0, events
 
 
+@pytest.mark.faults
 async def test_a_worker_that_keeps_dying_at_start_stops_the_runner(
     stream: str, effects: str, runners: Callable[..., Runner]
 ) -> None:
