@@ -59,6 +59,7 @@ class Supervisor:
         self._exit_code = EXIT_OK
         self._stop_event = asyncio.Event()
         self._changed = asyncio.Event()
+        self._signals = 0
 
     # -- the whole run ---------------------------------------------------------------
 
@@ -122,7 +123,8 @@ class Supervisor:
 
     def _on_signal(self, sig: signal.Signals) -> None:
         name = signal.Signals(sig).name
-        if not self._stop_event.is_set():
+        self._signals += 1
+        if self._signals == 1:
             _log.info(
                 "%s received: stopping %d worker(s) (drain up to %g s, killed after %g s); "
                 "send it again to kill them now",

@@ -216,3 +216,41 @@ async def test_second_signal_kills_the_processes(
     successor.signal(signal.SIGTERM)
     assert await successor.wait() == 0, successor.stderr
     assert (counts.lost, counts.duplicated, counts.left_pending) == (0, 0, 0), counts
+
+
+@pytest.mark.faults
+async def test_processes_stop_by_themselves_when_the_runner_dies(
+    engine: AsyncEngine,
+    redis: Redis,
+    stream: str,
+    effects: str,
+    inbox: Inbox,
+    runners: Callable[..., Runner],
+) -> None:
+    """If the runner is SIGKILLed, its worker processes notice, drain and exit on their
+    own (no orphan keeps consuming): nothing committed is left pending, and a successor
+    applies the rest exactly once."""
+    keys = await publish(redis, stream, 1_000)
+    runner = runners(APP, "--workers", "2", env=app_env(stream, effects, inbox, hang_ms=10))
+    pids = [worker["pid"] for worker in (await runner.wait_ready())["workers"]]
+
+    async def busy() -> bool:
+        return await effect_rows(engine, effects) >= 40
+
+    await wait_until(busy, timeout=30)
+    runner.signal(signal.SIGKILL)
+    assert await runner.wait() == -signal.SIGKILL
+
+    async def all_gone() -> bool:
+        return all(gone(pid) for pid in pids)
+
+    await wait_until(all_gone, timeout=15)
+    at_stop = await count_delivery(
+        redis, engine, stream=stream, group="g", effects=effects, sent=keys
+    )
+    successor = runners(APP, "--workers", "2", env=app_env(stream, effects, inbox))
+    counts = await settled(redis, engine, stream, effects, keys, timeout=60)
+    successor.signal(signal.SIGTERM)
+    assert await successor.wait() == 0, successor.stderr
+    assert at_stop.applied < len(keys) and at_stop.applied_but_pending == 0, at_stop
+    assert (counts.lost, counts.duplicated, counts.left_pending) == (0, 0, 0), counts
