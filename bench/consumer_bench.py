@@ -58,6 +58,12 @@ VARIANTS = (
         "safesync_async batch mode, deferred writes (batch 10, concurrency 8), 1 proc",
         "safesync", 1, 8, batch_size=10, deferred=True,
     ),
+    *(
+        ConsumerVariant(
+            f"runner-p{p}", f"safesync worker runner, {p} proc x concurrency 32", "runner", p, 32
+        )
+        for p in (1, 2)
+    ),
     ConsumerVariant("seed-p1", "seed library, 1 proc", "seed", 1, 1),
     ConsumerVariant("seed-p4", "seed library, 4 proc", "seed", 4, 1),
     ConsumerVariant("raw", "raw asyncmy + redis.asyncio loop, 32 workers", "raw", 1, 32),
@@ -68,6 +74,8 @@ RATIOS = (
     ("safesync 1 proc c=32 / raw ceiling", "safesync-p1-c32", "raw", 0.6),
     ("safesync 1 proc c=32 / seed 1 proc", "safesync-p1-c32", "seed-p1", 5.0),
     ("safesync 1 proc c=32, deferred write / raw ceiling", "safesync-p1-c32-deferred", "raw", 0.6),
+    ("runner 1 proc / plain consumer 1 proc (c=32)", "runner-p1", "safesync-p1-c32", 0.95),
+    ("runner 2 proc / plain consumer 2 proc (c=32)", "runner-p2", "safesync-p2-c32", 0.95),
     ("batch mode / raw ceiling", "safesync-batch", "raw", 1.5),
     ("batch mode, deferred writes / raw ceiling", "safesync-batch-deferred", "raw", 1.5),
 )
@@ -79,7 +87,17 @@ def run_timeout(messages: int) -> float:
 
 
 def specs_for(variant: ConsumerVariant, workload: AccountsWorkload, tag: str) -> list[WorkerSpec]:
-    """One worker process per process of ``variant``, each with its own consumer name."""
+    """One worker process per process of ``variant``, each with its own consumer name
+    (the runner variant: one worker process that runs all of them)."""
+    if variant.kind == "runner":
+        return [
+            WorkerSpec(
+                kind="runner", stream=workload.stream, group=workload.group,
+                consumer=f"{variant.key}-{tag}", table=workload.table,
+                concurrency=variant.concurrency, database_url=DATABASE_URL,
+                redis_url=REDIS_URL, processes=variant.processes,
+            )
+        ]  # fmt: skip
     return [
         WorkerSpec(
             kind=variant.kind,
@@ -119,6 +137,7 @@ def run_record(
     other = remainder(
         measurement.host_busy,
         measurement.worker_cpu,
+        measurement.untimed_cpu,
         measurement.database_cpu,
         measurement.redis_cpu,
     )

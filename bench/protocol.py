@@ -20,7 +20,7 @@ RESULT = "bench-worker-result "
 class WorkerSpec:
     """One consumer process to start."""
 
-    kind: str  # "safesync", "seed" or "raw"
+    kind: str  # "safesync", "runner", "seed" or "raw"
     stream: str
     group: str
     consumer: str
@@ -30,6 +30,7 @@ class WorkerSpec:
     redis_url: str
     batch_size: int = 1
     deferred: bool = False  # the handler defers its UPDATE instead of executing it
+    processes: int = 1  # kind "runner": worker processes of the one runner
 
     @property
     def name(self) -> str:
@@ -54,6 +55,8 @@ class WorkerResult:
     rss_ready_bytes: int
     peak_rss_bytes: int
     counters: dict[str, int] = field(default_factory=dict)
+    # CPU its own child processes used outside [started, finished] (starting the runner)
+    untimed_cpu_seconds: float = 0.0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

@@ -34,6 +34,7 @@ class RunMeasurement:
     wall_seconds: float | None = None
     workers: list[WorkerResult] = field(default_factory=list)
     worker_cpu: float | None = None
+    untimed_cpu: float = 0.0  # the workers' CPU outside their own windows (not "other")
     database_cpu: float | None = None
     redis_cpu: float | None = None
     host_busy: float | None = None
@@ -168,6 +169,7 @@ async def _measure(
     measurement.workers = results
     measurement.wall_seconds = max(r.finished for r in results) - min(r.started for r in results)
     measurement.worker_cpu = sum(r.cpu_seconds for r in results)
+    measurement.untimed_cpu = sum(r.untimed_cpu_seconds for r in results)
     measurement.database_cpu = delta(after.database, before.database)
     measurement.redis_cpu = delta(after.redis, before.redis)
     measurement.host_busy = after.host_busy - before.host_busy

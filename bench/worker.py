@@ -44,12 +44,19 @@ def main() -> int:
         cpu_used = _cpu() - cpu_before
     finally:
         variant.close()
+    peak_rss = status_bytes("VmHWM") or 0
+    # A variant running other processes (the runner) measures its window itself.
+    measured: tuple[float, float, float, int, float] | None = getattr(variant, "measurement", None)
+    untimed_cpu = 0.0
+    if measured is not None:
+        started, finished, cpu_used, peak_rss, untimed_cpu = measured
     result = WorkerResult(
         started=started,
         finished=finished,
         cpu_seconds=cpu_used,
         rss_ready_bytes=rss_ready,
-        peak_rss_bytes=status_bytes("VmHWM") or 0,
+        peak_rss_bytes=peak_rss,
+        untimed_cpu_seconds=untimed_cpu,
         counters=counters,
     )
     _say(RESULT + result.to_json())

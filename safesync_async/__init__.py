@@ -56,6 +56,7 @@ from .metrics import DEFAULT_REGISTRY
 from .queue import (
     Codec,
     ConsumerHealth,
+    ConsumerReadiness,
     ConsumerStatistics,
     DeadLetter,
     DeadLetterReason,
@@ -78,6 +79,7 @@ from .queue import (
     server_info,
     stream_health,
 )
+from .worker import WorkerApp
 
 __version__ = "0.1.0"
 
@@ -93,6 +95,7 @@ __all__ = [
     "ConnectionLease",
     "ConsumerGroupMissingError",
     "ConsumerHealth",
+    "ConsumerReadiness",
     "ConsumerStatistics",
     "DatabaseDisconnectError",
     "DatabaseError",
@@ -137,6 +140,7 @@ __all__ = [
     "TransactionOutcome",
     "UnsafeOperationError",
     "VersionConflictError",
+    "WorkerApp",
     "check_redis_client",
     "create_engine",
     "create_redis_client",

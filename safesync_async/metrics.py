@@ -7,6 +7,12 @@ lock kind, outbox table and a caller-given operation name; never message ids or 
 names. Stream names can come from data (a stream per tenant), so a registry labels at most
 :data:`MAX_STREAM_LABELS` distinct streams and counts the others under ``"other"``.
 Recording never raises into user code: a failure is logged once and dropped.
+
+prometheus-client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, used by ``safesync
+worker --workers N``) works too: the gauges say how to combine processes (in-flight
+messages are summed over live processes, the lag is the most recent value), and a process
+in that mode calls :meth:`Metrics.sample_tracked` now and then, because the parent reads
+values from files and never calls the readers behind a tracked gauge.
 """
 
 from __future__ import annotations
@@ -134,6 +140,7 @@ class Metrics:
             "Messages fetched and not yet acked or released.",
             ["stream", "group"],
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.claimed = Counter(
             "safesync_queue_claimed_total",
@@ -165,6 +172,7 @@ class Metrics:
             "Entries in the stream not yet delivered to the group (XINFO GROUPS lag).",
             ["stream", "group"],
             registry=r,
+            multiprocess_mode="mostrecent",
         )
         self.published = Counter(
             "safesync_queue_published_total",
@@ -243,6 +251,15 @@ class Metrics:
                 readers.remove(read)
 
         return untrack
+
+    def sample_tracked(self) -> None:
+        """Store what each tracked gauge reports now as its plain value. Only needed in
+        prometheus-client's multiprocess mode, where collection reads stored values."""
+        for (gauge_name, labels), readers in list(self._readers.items()):
+            try:
+                self._child(gauge_name, labels).set(sum(read() for read in list(readers)))
+            except Exception as exc:
+                self.failed(exc)
 
     def set(self, gauge_name: str, value: float, *labels: str) -> None:
         if not self.enabled:

@@ -17,6 +17,10 @@ def make_variant(spec: WorkerSpec) -> Variant:
         from .seed import SeedConsumer
 
         return SeedConsumer(spec)
+    if spec.kind == "runner":
+        from .runner import RunnerConsumer
+
+        return RunnerConsumer(spec)
     if spec.kind == "raw":
         from .raw import RawLoop
 

@@ -16,6 +16,7 @@ from typer.core import TyperCommand, TyperGroup
 from ..errors import SafeSyncError
 from ..queue.health import stream_health
 from ..queue.outbox import Outbox
+from ..worker.settings import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL
 from . import render
 from .operations import (
     EXIT_FAILED,
@@ -40,11 +41,9 @@ from .operations import (
     replay,
     stream_violations,
 )
+from .worker import worker_command
 
 __all__ = ["DEFAULT_DATABASE_URL", "DEFAULT_REDIS_URL", "app"]
-
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-DEFAULT_DATABASE_URL = "mysql+asyncmy://root@127.0.0.1:3306/test"
 
 
 def _without_flag_types(params: list[Any]) -> list[Any]:
@@ -83,6 +82,7 @@ dead_letters_app = typer.Typer(
 outbox_app = typer.Typer(cls=_Group, help="The transactional outbox table.", no_args_is_help=True)
 app.add_typer(dead_letters_app, name="dead-letters")
 app.add_typer(outbox_app, name="outbox")
+app.command("worker", cls=_Command)(worker_command)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,11 +12,13 @@ from .inbox import Inbox
 from .models import QueueMessage
 from .outbox import Outbox, OutboxRelay, OutboxStatus
 from .producer import QueueProducer
+from .readiness import ConsumerReadiness
 from .signals import install_signal_handlers
 
 __all__ = [
     "Codec",
     "ConsumerHealth",
+    "ConsumerReadiness",
     "ConsumerStatistics",
     "DeadLetter",
     "DeadLetterReason",

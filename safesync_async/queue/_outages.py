@@ -9,6 +9,7 @@ import time
 from ..db.lease import ConnectionLease
 from ..errors import DatabaseUnavailableError
 from ._backoff import Backoff
+from .readiness import ConsumerReadiness
 
 __all__ = ["DatabaseOutage", "is_database_outage"]
 
@@ -41,20 +42,23 @@ class DatabaseOutage:
     """Whether the database is down, and when reads may resume: each outage in a row pushes
     the next read further out (exponential backoff), the next commit ends it."""
 
-    def __init__(self, backoff: Backoff) -> None:
+    def __init__(self, backoff: Backoff, readiness: ConsumerReadiness) -> None:
         self._backoff = backoff
+        self._readiness = readiness
         self._retry_at = 0.0
         self.active = False
 
-    def begin(self) -> None:
+    def begin(self, exc: BaseException) -> None:
         """An outage was seen: hold reads back for the next backoff delay."""
         self.active = True
+        self._readiness.database_failed(exc)
         self._retry_at = time.monotonic() + self._backoff.next_delay()
 
     def end(self) -> None:
         """A transaction committed: the database is back."""
         if self.active:
             self.active = False
+            self._readiness.database_ok()
             self._backoff.reset()
             self._retry_at = 0.0
 

@@ -62,5 +62,6 @@ class StreamPolicy:
             config.start_id,
             exc,
         )
+        self._recorder.readiness.group_missing()
         await self._streams.ensure_group(config.start_id)
         self._recorder.record_group_recreated()

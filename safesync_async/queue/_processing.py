@@ -267,7 +267,7 @@ class MessageProcessor:
         """The database, not the message, failed: keep the entries pending without
         spending one of their deliveries, and hold back reads until the database is back."""
         self._recorder.record_database_outage(len(deliveries))
-        self._outage.begin()
+        self._outage.begin(exc)
         _log.warning(
             "database unavailable while handling %s (%d message(s) kept for later): %s",
             deliveries[0].id,

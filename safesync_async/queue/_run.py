@@ -161,13 +161,16 @@ class ConsumerRun:
                 keep_alive = start("keep-alive loop", self._keep_alive_loop(protect_ms))
                 workers = [start("worker", self._work_loop()) for _ in range(self._concurrency)]
                 task_status.started()
+                self._recorder.readiness.loops_started()
                 await self._stop.wait()
+                self._recorder.readiness.loops_stopped()
                 await self._drain(feeders, workers, keep_alive, ack_task)
             await self._hand_back_unfinished()
         except asyncio.CancelledError:
             await run_to_completion(self._flush_acks_after_cancel())
             raise
         finally:
+            self._recorder.readiness.loops_stopped()
             untrack_in_flight()
         if self._failure is not None:
             raise self._failure

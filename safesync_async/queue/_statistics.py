@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from ..errors import QueueUnavailableError
 from ..metrics import Metrics
+from .readiness import ConsumerReadiness
 
 __all__ = ["ConsumerRecorder", "ConsumerStatistics"]
 
@@ -63,8 +64,12 @@ class ConsumerStatistics:
 class ConsumerRecorder:
     """Counts a consumer's events once, for both its statistics and its metrics."""
 
-    def __init__(self, metrics: Metrics, stream: str, group: str) -> None:
+    def __init__(
+        self, metrics: Metrics, stream: str, group: str, readiness: ConsumerReadiness
+    ) -> None:
         self._metrics = metrics
+        #: Whether the consumer can work now (group, loops, outages), for health checks.
+        self.readiness = readiness
         self._labels = (metrics.stream_label(stream), group)
         self.received = 0
         self.acked = 0
@@ -147,14 +152,18 @@ class ConsumerRecorder:
     def record_redis_unavailable(self, exc: QueueUnavailableError) -> None:
         self.reconnects += 1
         self.redis_unavailable = True
+        self.readiness.redis_failed(exc)
         self._metrics.inc("reconnects", *self._labels)
         _log.warning("Redis unavailable, backing off: %s", exc)
 
     def record_redis_available(self) -> None:
-        self.redis_unavailable = False
+        if self.redis_unavailable:
+            self.redis_unavailable = False
+            self.readiness.redis_ok()
 
     def record_group_recreated(self) -> None:
         self.groups_recreated += 1
+        self.readiness.group_exists()
         self._metrics.inc("groups_recreated", *self._labels)
 
     def track_in_flight(self, count: Callable[[], int]) -> Callable[[], None]:

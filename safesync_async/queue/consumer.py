@@ -28,6 +28,7 @@ from ._streams import GroupStream, StreamOperations
 from .client import ServerInfo, describe_servers
 from .config import QueueConfig
 from .models import QueueMessage
+from .readiness import ConsumerReadiness
 
 __all__ = ["ConsumerStatistics", "DbHandler", "Handler", "InboxStore", "QueueConsumer"]
 
@@ -93,14 +94,19 @@ class QueueConsumer:
         streams = stream_operations or GroupStream(
             redis, config.stream_key, config.consumer_group, config.consumer_name
         )
-        recorder = ConsumerRecorder(metrics_for(registry), config.stream_key, config.consumer_group)
+        #: Whether this consumer can do its work right now (its group exists, its loops
+        #: run, neither Redis nor the database is in an outage): for readiness probes.
+        self.readiness = ConsumerReadiness()
+        recorder = ConsumerRecorder(
+            metrics_for(registry), config.stream_key, config.consumer_group, self.readiness
+        )
         backoff = Backoff(config.reconnect_initial_delay, config.reconnect_max_delay)
         self._parts = ConsumerParts(
             config=config,
             streams=streams,
             recorder=recorder,
             admission=Admission(config, streams, recorder),
-            outage=DatabaseOutage(backoff),
+            outage=DatabaseOutage(backoff, self.readiness),
             policy=StreamPolicy(config, streams, recorder),
             inbox=inbox,
             registry=registry,
@@ -247,6 +253,7 @@ class QueueConsumer:
                     "groups (enable appendonly for durable queues)"
                 )
         await self._parts.streams.ensure_group(self.config.start_id)
+        self.readiness.group_exists()
         self._prepared = True
 
     # -- the manual API ------------------------------------------------------------
