@@ -89,7 +89,8 @@ def faults(session: nox.Session) -> None:
     _install(session, "test")
     _ensure_services(session)
     session.env["SAFESYNC_RELIABILITY_REPORT"] = "docs/reliability.md"
-    session.run("pytest", "-m", "faults", *session.posargs)
+    session.env["SAFESYNC_MODEL_EXAMPLES"] = "120"  # the model-based tests, longer
+    session.run("pytest", "-m", "faults or model", *session.posargs)
 
 
 @nox.session

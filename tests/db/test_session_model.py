@@ -14,6 +14,7 @@ back, with no transaction left open on it.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -29,6 +30,8 @@ from safesync_async.metrics import metrics_for
 
 from .fakes import FakeServer, engine
 
+pytestmark = pytest.mark.model
+EXAMPLES = int(os.environ.get("SAFESYNC_MODEL_EXAMPLES", "12")) * 30  # fast: no server
 ERRNOS = [1062, 1290, 1213, 2013]  # statement-level, statement-level, whole txn, connection
 DOOMING = {1213, 2013}  # a savepoint cannot contain these
 
@@ -168,7 +171,7 @@ async def _session(
 COMMIT_MODES = ["ok", "ok", "ok", "error", "lost_before", "lost_after", "hang", "gate"]
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     ops=st.lists(_ops(1), max_size=8),
     body_raises=st.booleans(),

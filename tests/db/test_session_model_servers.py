@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -37,6 +38,7 @@ from safesync_async import (
 from ..support.backends import BACKENDS, Backend
 
 EXAMPLES = int(os.environ.get("SAFESYNC_MODEL_EXAMPLES", "12"))
+pytestmark = pytest.mark.model
 TABLE = "CREATE TABLE {table} (id INT PRIMARY KEY)"
 
 
