@@ -14,7 +14,7 @@ import redis.asyncio
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from safesync_async import QueueProducer
+from safesync_async import QueueProducer, dead_letter_key
 
 from .drain import group_drained
 from .procstat import wait_for_quiet_host
@@ -91,7 +91,7 @@ class AccountsWorkload:
 
     @property
     def dead_letters(self) -> str:
-        return f"{self.stream}:dead"
+        return dead_letter_key(self.stream)
 
     async def create(self) -> None:
         rows = ", ".join(f"({i}, 0)" for i in range(1, ACCOUNTS + 1))

@@ -42,6 +42,7 @@ from safesync_async import (
     SafeSyncError,
     create_engine,
     create_redis_client,
+    dead_letter_key,
     stream_health,
 )
 from safesync_async.embedded import EmbeddedServers
@@ -94,7 +95,7 @@ async def prepare(engine: AsyncEngine, redis: Redis, accounts: int) -> None:
                 for i in range(start + 1, min(accounts, start + 500) + 1)
             )
             await session.execute(f"INSERT INTO demo_accounts VALUES {rows}")
-    await redis.delete(STREAM, f"{STREAM}:dead")
+    await redis.delete(STREAM, dead_letter_key(STREAM))
 
 
 async def verify(engine: AsyncEngine, redis: Redis, accounts: int, messages: int) -> list[str]:
@@ -121,7 +122,7 @@ async def verify(engine: AsyncEngine, redis: Redis, accounts: int, messages: int
             {"opening": OPENING_BALANCE},
         )
     pending = int((await redis.xpending(STREAM, GROUP))["pending"])
-    dead = int(await redis.xlen(f"{STREAM}:dead"))
+    dead = int(await redis.xlen(dead_letter_key(STREAM)))
     checks = [
         (
             total == accounts * OPENING_BALANCE,
@@ -145,11 +146,13 @@ async def clean_up(engine: AsyncEngine, redis: Redis) -> None:
     async with DbSession(engine) as session:
         for table in TABLES:
             await session.execute(f"DROP TABLE IF EXISTS {table}")
-    await redis.delete(STREAM, f"{STREAM}:dead")
+    await redis.delete(STREAM, dead_letter_key(STREAM))
 
 
 def left_behind() -> str:
-    return f"tables {', '.join(TABLES)}; streams {STREAM} (group {GROUP}), {STREAM}:dead"
+    return (
+        f"tables {', '.join(TABLES)}; streams {STREAM} (group {GROUP}), {dead_letter_key(STREAM)}"
+    )
 
 
 async def reachable(engine: AsyncEngine, redis: Redis, database_url: str, redis_url: str) -> bool:
@@ -238,7 +241,11 @@ async def main(
         )
         for worker in workers:
             print(f"  {worker.config.consumer_name}: {worker.statistics()}")
-        print((await stream_health(redis, STREAM, dead_letter_stream=f"{STREAM}:dead")).describe())
+        print(
+            (
+                await stream_health(redis, STREAM, dead_letter_stream=dead_letter_key(STREAM))
+            ).describe()
+        )
         print("invariants:")
         failures = await verify(engine, redis, accounts, messages)
         print("all invariants hold" if not failures else f"{len(failures)} invariant(s) FAILED")

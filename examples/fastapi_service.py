@@ -20,7 +20,6 @@ import httpx
 from fastapi import Depends, FastAPI, HTTPException, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from pydantic import BaseModel, Field
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from safesync_async import (
@@ -32,7 +31,9 @@ from safesync_async import (
     QueueConsumer,
     QueueMessage,
     QueueProducer,
+    RedisClient,
     RowLock,
+    dead_letter_key,
     stream_health,
 )
 from safesync_async.fastapi import (
@@ -158,7 +159,7 @@ def build_app(safesync: SafeSync) -> FastAPI:
 
 
 # --8<-- [start:worker]
-async def run_worker(engine: AsyncEngine, redis: Redis) -> QueueConsumer:
+async def run_worker(engine: AsyncEngine, redis: RedisClient) -> QueueConsumer:
     """The consuming side: one log row per event, whatever the redeliveries."""
 
     async def record(message: QueueMessage[Any], session: DbSession) -> None:
@@ -220,11 +221,11 @@ async def main(requests: int = 300, wallets: int = 20) -> None:
         assert total == wallets * 100  # money conserved
         assert logged == accepted  # every committed transfer announced exactly once
         await check_other_endpoints(service, redis)
-        await redis.delete(STREAM, f"{STREAM}:dead")
+        await redis.delete(STREAM, dead_letter_key(STREAM))
         await drop_tables(engine)
 
 
-async def check_other_endpoints(service: FastAPI, redis: Redis) -> None:
+async def check_other_endpoints(service: FastAPI, redis: RedisClient) -> None:
     """/health through RedisDep, a statement request through the producer dependency,
     and /metrics, which holds the sessions of the requests above."""
     transport = httpx.ASGITransport(app=service)

@@ -19,6 +19,7 @@ from safesync_async import (
     QueueMessage,
     QueueProducer,
     create_redis_client,
+    dead_letter_key,
     parse_dead_letter,
     stream_health,
 )
@@ -52,7 +53,7 @@ def retrying_config(stream: str) -> QueueConfig:
         claim_min_idle_ms=300,  # retry a failed entry after 0.3 s (keep above your handler time)
         claim_interval_ms=100,
         block_ms=100,
-        # dead_letter_stream defaults to f"{stream}:dead"
+        # dead_letter_stream defaults to dead_letter_key(stream): "{<stream>}:dead"
     )
 
 
@@ -62,7 +63,7 @@ def retrying_config(stream: str) -> QueueConfig:
 # --8<-- [start:read]
 async def read_dead_letters(redis: Redis, stream: str) -> list[DeadLetter]:
     """The dead letters of a stream, oldest first (XRANGE reads them without removing)."""
-    entries = cast(Entries, await redis.xrange(f"{stream}:dead"))  # [(id, fields)]
+    entries = cast(Entries, await redis.xrange(dead_letter_key(stream)))  # [(id, fields)]
     return [parse_dead_letter(entry_id.decode(), fields) for entry_id, fields in entries]
 
 
@@ -74,7 +75,7 @@ async def replay(redis: Redis, letter: DeadLetter) -> str:
     """Put a dead letter back on the stream it came from, under a new id, then remove it
     from the dead-letter stream (what `safesync dead-letters replay` does)."""
     [new_id] = await QueueProducer(redis, letter.original_stream).add_fields([letter.fields])
-    await redis.xdel(f"{letter.original_stream}:dead", letter.id)
+    await redis.xdel(dead_letter_key(letter.original_stream), letter.id)
     return new_id
 
 
@@ -127,7 +128,7 @@ async def main() -> None:
     finally:
         shipped.clear()
         broken_orders.update({13})
-        await redis.delete(stream, f"{stream}:dead")
+        await redis.delete(stream, dead_letter_key(stream))
         await redis.aclose()
 
 

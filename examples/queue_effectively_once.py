@@ -21,6 +21,7 @@ from safesync_async import (
     QueueConsumer,
     QueueMessage,
     create_redis_client,
+    dead_letter_key,
 )
 
 from .settings import REDIS_URL, make_engine
@@ -141,7 +142,7 @@ async def main() -> None:
             for table in ("example_eo_orders", "example_eo_invoices", OUTBOX.name):
                 await session.execute(f"DROP TABLE IF EXISTS {table}")
             await session.execute(f"DROP TABLE IF EXISTS {INBOX.table.name}")
-        await redis.delete(stream, f"{stream}:dead")
+        await redis.delete(stream, dead_letter_key(stream))
         await redis.aclose()
         await engine.dispose()
 

@@ -33,6 +33,7 @@ from safesync_async import (
     WorkerApp,
     create_engine,
     create_redis_client,
+    dead_letter_key,
 )
 
 from .settings import DATABASE_URL, REDIS_URL
@@ -135,7 +136,7 @@ async def main() -> None:
         async with DbSession(engine) as session:
             await session.execute("DROP TABLE IF EXISTS example_worker_payments")
             await session.execute("DROP TABLE IF EXISTS example_worker_inbox")
-        await redis.delete(stream, f"{stream}:dead")
+        await redis.delete(stream, dead_letter_key(stream))
         await redis.aclose()
         await engine.dispose()
 

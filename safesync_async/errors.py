@@ -33,6 +33,7 @@ chained (``raise ... from exc``), so the original is always on ``__cause__``::
         ├── MessageDecodeError                    an entry could not be decoded
         │   └── PayloadValidationError            its payload failed the model's validation
         ├── MessageEncodeError                    a payload could not be encoded
+        ├── ReplicationError                      added, but too few replicas confirmed it
         └── UnsafeOperationError                  refused: would drop unacknowledged entries
 
 ``LockWaitTimeoutError``, ``StatementTimeoutError`` and ``LockTimeoutError`` also derive
@@ -64,6 +65,7 @@ __all__ = [
     "QueueConnectionError",
     "QueueError",
     "QueueUnavailableError",
+    "ReplicationError",
     "RetryExhaustedError",
     "RetryableTransactionError",
     "RollbackOnlyError",
@@ -263,6 +265,26 @@ class PayloadValidationError(MessageDecodeError):
 
 class MessageEncodeError(QueueError):
     """A payload could not be encoded into stream entry fields."""
+
+
+class ReplicationError(QueueError):
+    """Entries were added to their stream, but fewer replicas than asked acknowledged them
+    within the wait (``QueueProducer(wait_replicas=...)``), or the acknowledgement could
+    not be told apart from another connection's (the stream's slot moved meanwhile).
+
+    The entries exist on the master now; if it fails before a replica has them, a
+    failover loses them. Publishing them again is safe when they carry idempotency keys
+    (consumers with an inbox apply each key once). ``entry_ids`` are the ids added,
+    ``acknowledged`` the fewest replicas that confirmed them (``None``: not known) and
+    ``required`` the number asked for."""
+
+    def __init__(
+        self, message: str, *, entry_ids: list[str], acknowledged: int | None, required: int
+    ) -> None:
+        super().__init__(message)
+        self.entry_ids = entry_ids
+        self.acknowledged = acknowledged
+        self.required = required
 
 
 class UnsafeOperationError(QueueError):

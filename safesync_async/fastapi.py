@@ -41,7 +41,6 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "safesync_async.fastapi needs FastAPI: pip install 'safesync-async[fastapi]'"
     ) from exc
 
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .db.engine import create_engine
@@ -59,7 +58,7 @@ from .errors import (
     VersionConflictError,
 )
 from .metrics import DEFAULT_REGISTRY, RegistryArg
-from .queue.client import create_redis_client
+from .queue.client import RedisClient, create_redis_client
 from .queue.codec import Codec
 from .queue.producer import QueueProducer
 
@@ -81,7 +80,8 @@ class SafeSync:
     app's lifespan. Pass ready-made ``engine`` / ``redis`` objects instead of URLs to
     share them with other code, or to run the app in tests on the fixtures'
     (``SafeSync(engine=safesync_engine, redis=safesync_redis)``): the lifespan then
-    leaves them open."""
+    leaves them open. ``redis_cluster=True`` makes ``redis_url`` name a node of a Redis
+    Cluster (see :func:`~safesync_async.create_redis_client`)."""
 
     def __init__(
         self,
@@ -89,7 +89,8 @@ class SafeSync:
         redis_url: str | None = None,
         *,
         engine: AsyncEngine | None = None,
-        redis: Redis | None = None,
+        redis: RedisClient | None = None,
+        redis_cluster: bool = False,
         engine_options: Mapping[str, Any] | None = None,
     ) -> None:
         if (database_url is None) == (engine is None):
@@ -98,6 +99,7 @@ class SafeSync:
         self._redis_url = redis_url
         self._engine = engine
         self._redis = redis
+        self._redis_cluster = redis_cluster
         self._engine_options = dict(engine_options or {})
         self._owns_engine = engine is None
         self._owns_redis = redis is None and redis_url is not None
@@ -110,7 +112,7 @@ class SafeSync:
         return self._engine
 
     @property
-    def redis(self) -> Redis:
+    def redis(self) -> RedisClient:
         """The Redis client; RuntimeError if SafeSync has none (or is not started)."""
         if self._redis is None:
             raise RuntimeError("no Redis client: pass redis_url or redis to SafeSync")
@@ -124,7 +126,7 @@ class SafeSync:
             self._engine = create_engine(self._database_url, **self._engine_options)
         if self._owns_redis:
             assert self._redis_url is not None
-            self._redis = create_redis_client(self._redis_url)
+            self._redis = create_redis_client(self._redis_url, cluster=self._redis_cluster)
         app.state.safesync = self
         try:
             yield
@@ -167,7 +169,7 @@ async def db_session(request: Request) -> AsyncIterator[DbSession]:
         yield session
 
 
-async def redis_client(request: Request) -> Redis:
+async def redis_client(request: Request) -> RedisClient:
     """The application's Redis client (from ``redis_url`` or ``redis``); RuntimeError
     when SafeSync was given neither."""
     return (await get_safesync(request)).redis
@@ -208,7 +210,7 @@ def producer(
 #: ``session: SessionDep`` in an endpoint: one transaction, committed before the response.
 SessionDep = Annotated[DbSession, Depends(db_session, scope="function")]
 #: ``redis: RedisDep`` in an endpoint: the application's Redis client.
-RedisDep = Annotated[Redis, Depends(redis_client)]
+RedisDep = Annotated[RedisClient, Depends(redis_client)]
 #: ``safesync: SafeSyncDep`` in an endpoint: the engine (``.engine``) and Redis client,
 #: for example for :func:`~safesync_async.retry_transaction`.
 SafeSyncDep = Annotated[SafeSync, Depends(get_safesync)]

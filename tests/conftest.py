@@ -1,20 +1,26 @@
 """Project test configuration: the shipped fixtures (safesync_async.testing), anyio on
 asyncio, real servers on loopback. Tests that use ``engine`` run once per database
-backend (MariaDB and PostgreSQL)."""
+backend (MariaDB and PostgreSQL). Tests marked ``cluster`` that use ``redis`` also run
+on a private Redis Cluster (3 masters, 3 replicas) started once for the session; those
+runs use one database backend (MariaDB), as the Redis topology does not touch the
+database half."""
 
 from __future__ import annotations
 
 import inspect
+import shutil
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from safesync_async import DbSession, create_engine
+from safesync_async import DbSession, RedisClient, create_engine, create_redis_client
 
 from .support.backends import MARIADB, POSTGRES, Backend
+from .support.cluster import PrivateRedisCluster
+
+STANDALONE, CLUSTER = "standalone", "cluster"
 
 pytest_plugins = ["safesync_async.testing"]
 
@@ -28,6 +34,30 @@ def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: objec
     )
     if is_test and inspect.iscoroutinefunction(inner):
         pytest.mark.anyio(obj)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked ``cluster`` run on standalone Redis and on a Redis Cluster."""
+    if "redis_server" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
+        "cluster"
+    ):
+        metafunc.parametrize("redis_server", [STANDALONE, CLUSTER])
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Cluster runs use MariaDB only (see the module docstring)."""
+    kept, dropped = [], []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        backend = params.get("backend")
+        on_cluster = params.get("redis_server") == CLUSTER
+        if on_cluster and isinstance(backend, Backend) and backend is not MARIADB:
+            dropped.append(item)
+        else:
+            kept.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 @pytest.fixture(params=[MARIADB, POSTGRES], ids=lambda backend: backend.name)
@@ -71,9 +101,47 @@ class _Quoted:
 
 
 @pytest.fixture
-def redis(safesync_redis: Redis) -> Redis:
-    """The shipped client fixture: keys under the test's prefix are deleted afterwards."""
-    return safesync_redis
+def redis_server() -> str:
+    """Which Redis ``redis`` talks to: standalone (tests marked ``cluster`` also run on
+    the session's Redis Cluster)."""
+    return STANDALONE
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[PrivateRedisCluster]:
+    """A private Redis Cluster (3 masters, 3 replicas) for the session, removed afterwards.
+    Tests must not kill or reconfigure its nodes: fault tests start their own."""
+    for binary in ("redis-server", "redis-cli"):
+        if shutil.which(binary) is None:
+            pytest.fail(f"{binary} is not installed: the cluster tests start a local cluster")
+    cluster = PrivateRedisCluster().start()
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+async def redis(
+    request: pytest.FixtureRequest,
+    redis_server: str,
+    safesync_redis: RedisClient,
+    safesync_key_prefix: str,
+) -> AsyncIterator[RedisClient]:
+    """The shipped client fixture (keys under the test's prefix are deleted afterwards),
+    or a cluster client to the session's cluster, cleaned up the same way."""
+    if redis_server == STANDALONE:
+        yield safesync_redis
+        return
+    from safesync_async.testing import delete_test_keys  # a plugin: imported once loaded
+
+    cluster: PrivateRedisCluster = request.getfixturevalue("redis_cluster")
+    client = create_redis_client(cluster.url, cluster=True, block_ms=200)
+    try:
+        yield client
+    finally:
+        await delete_test_keys(client, safesync_key_prefix)
+        await client.aclose()
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ from safesync_async import (
     QueueProducer,
     create_engine,
     create_redis_client,
+    dead_letter_key,
 )
 from safesync_async.cli import app
 
@@ -120,7 +121,7 @@ async def dead_letter_two(redis: Redis, stream: str) -> DeadLettered:
     message = await consumer(redis, stream, "c1", max_deliveries=1).next(block_ms=10)
     assert message is not None and message.id == failed_id  # the poison went on the way
     await consumer(redis, stream, "c2", max_deliveries=1).claim_stale(min_idle_ms=0)
-    letter_ids = await entry_ids(redis, f"{stream}:dead")
+    letter_ids = await entry_ids(redis, dead_letter_key(stream))
     assert len(letter_ids) == 2
     return DeadLettered(poison_id, failed_id, letter_ids)
 
@@ -150,7 +151,7 @@ async def stream(redis: Redis, unique_name: Callable[[str], str]) -> AsyncIterat
     """A unique stream key; it, its dead-letter stream and ``<key>:other`` are deleted."""
     key = unique_name("test-cli")
     yield key
-    await redis.delete(key, f"{key}:dead", f"{key}:other")
+    await redis.delete(key, dead_letter_key(key), f"{key}:other")
 
 
 # -- packaging -----------------------------------------------------------------------
@@ -214,7 +215,7 @@ async def test_status_reports_lag_pending_consumers_and_dead_letters(
     code, health = await invoke_json("status", stream, "--idle-after", "0")
     assert code == 0
     assert (health["exists"], health["length"], health["dead_letters"]) == (True, 7, 2)
-    assert health["dead_letter_stream"] == f"{stream}:dead"
+    assert health["dead_letter_stream"] == dead_letter_key(stream)
     [group] = health["groups"]
     assert (group["name"], group["lag"], group["pending"]) == (GROUP, 3, 2)
     assert group["max_delivery_count"] == 1 and 0 <= group["oldest_pending_age_s"] < 60
@@ -245,9 +246,27 @@ async def test_status_thresholds_set_the_exit_code(redis: Redis, stream: str) ->
     assert code == 1 and health["violations"] == [f"group '{GROUP}': pending 2 > 1"]
     code, health = await invoke_json("status", stream, "--max-deliveries", "0")
     assert code == 1 and health["healthy"] is False
-    await QueueProducer(redis, f"{stream}:dead", registry=None).publish({})
+    await QueueProducer(redis, dead_letter_key(stream), registry=None).publish({})
     code, health = await invoke_json("status", stream, "--max-dead-letters", "0")
     assert code == 1 and health["violations"] == ["dead letters 1 > 0"]
+
+
+async def test_status_flags_dead_letters_under_the_old_key(redis: Redis, stream: str) -> None:
+    """Dead letters left under the key used before the key layout (STREAM:dead) are
+    counted and flagged with what to do; naming that key lists them; a stream name no
+    dead-letter key can follow is a usage error, not a traceback."""
+    await backlog(redis, stream, total=1, held={})
+    await redis.xadd(f"{stream}:dead", {"x": "1"})
+    code, health = await invoke_json("status", stream)
+    assert code == 0 and (health["dead_letters"], health["legacy_dead_letters"]) == (0, 1)
+    result = await invoke("status", stream)
+    assert f"1 dead letter under the old key {stream}:dead" in " ".join(result.stdout.split())
+    code, listed = await invoke_json(
+        "dead-letters", "list", stream, "--dead-letter-stream", f"{stream}:dead"
+    )
+    assert code == 0 and listed["total"] == 1
+    result = await invoke("status", "a}b")
+    assert result.exit_code == 2 and "hash tag" in result.output
 
 
 async def test_status_watch_repeats_and_missing_streams_are_healthy(stream: str) -> None:
@@ -329,7 +348,7 @@ async def test_replay_changes_nothing_without_yes(redis: Redis, stream: str) -> 
     code, plan = await invoke_json("dead-letters", "replay", stream, dead.letter_ids[1])
     assert code == 1 and plan["dry_run"] is True
     assert plan["entries"] == [{"id": dead.letter_ids[1], "stream": stream}]
-    assert (await redis.xlen(stream), await redis.xlen(f"{stream}:dead")) == (2, 2)
+    assert (await redis.xlen(stream), await redis.xlen(dead_letter_key(stream))) == (2, 2)
 
 
 async def test_replay_with_yes_re_adds_the_original_fields(redis: Redis, stream: str) -> None:
@@ -342,14 +361,14 @@ async def test_replay_with_yes_re_adds_the_original_fields(redis: Redis, stream:
     assert (entry["id"], entry["stream"]) == (dead.letter_ids[1], stream)
     [(new_id, fields)] = await entries(redis, stream, entry["new_id"])
     assert fields == {b"data": b'{"n":1}', b"idempotency_key": b"k-1"}
-    assert await entry_ids(redis, f"{stream}:dead") == dead.letter_ids[:1]
+    assert await entry_ids(redis, dead_letter_key(stream)) == dead.letter_ids[:1]
     message = await consumer(redis, stream, "c3").next(block_ms=10)
     assert message is not None and message.id == new_id and message.payload == {"n": 1}
 
     result = await invoke("dead-letters", "replay", stream, "--all", "--yes")
     assert result.exit_code == 0 and "replayed 1 dead letter" in result.stdout
     assert [fields for _, fields in await entries(redis, stream, "(" + new_id)] == [POISON]
-    assert await redis.xlen(f"{stream}:dead") == 0
+    assert await redis.xlen(dead_letter_key(stream)) == 0
 
 
 async def test_replay_skips_tombstones_and_foreign_entries(redis: Redis, stream: str) -> None:
@@ -358,11 +377,11 @@ async def test_replay_skips_tombstones_and_foreign_entries(redis: Redis, stream:
     [entry_id] = await backlog(redis, stream, total=1, held={"c1": 1})
     await redis.xdel(stream, entry_id)
     assert await consumer(redis, stream, "c2").claim_stale(min_idle_ms=0) == []
-    [tombstone] = await entry_ids(redis, f"{stream}:dead")
-    foreign = cast(bytes, await redis.xadd(f"{stream}:dead", {"foo": "bar"})).decode()
+    [tombstone] = await entry_ids(redis, dead_letter_key(stream))
+    foreign = cast(bytes, await redis.xadd(dead_letter_key(stream), {"foo": "bar"})).decode()
     code, done = await invoke_json("dead-letters", "replay", stream, "--all", "--yes")
     assert code == 0 and (done["entries"], done["skipped"]) == ([], [tombstone, foreign])
-    assert await redis.xlen(stream) == 0 and await redis.xlen(f"{stream}:dead") == 2
+    assert await redis.xlen(stream) == 0 and await redis.xlen(dead_letter_key(stream)) == 2
     code, listing = await invoke_json("dead-letters", "list", stream)
     assert [(e["reason"], e["original_id"]) for e in listing["entries"]] == [
         ("deleted", entry_id),
@@ -378,14 +397,14 @@ async def test_purge_changes_nothing_without_yes_and_deletes_with_it(
     dead = await dead_letter_two(redis, stream)
     result = await invoke("dead-letters", "purge", stream, "--all")
     assert result.exit_code == 1 and "would purge 2 dead letters" in result.stdout
-    assert await redis.xlen(f"{stream}:dead") == 2
+    assert await redis.xlen(dead_letter_key(stream)) == 2
 
     code, done = await invoke_json("dead-letters", "purge", stream, dead.letter_ids[0], "--yes")
     assert code == 0 and done["entries"] == [{"id": dead.letter_ids[0], "reason": "undecodable"}]
-    assert await entry_ids(redis, f"{stream}:dead") == dead.letter_ids[1:]
+    assert await entry_ids(redis, dead_letter_key(stream)) == dead.letter_ids[1:]
     result = await invoke("dead-letters", "purge", stream, "--all", "--yes")
     assert result.exit_code == 0 and "purged 1 dead letter" in result.stdout
-    assert (await redis.xlen(f"{stream}:dead"), await redis.xlen(stream)) == (0, 2)
+    assert (await redis.xlen(dead_letter_key(stream)), await redis.xlen(stream)) == (0, 2)
     result = await invoke("dead-letters", "purge", stream, "--all")
     assert result.exit_code == 0 and "nothing to purge" in result.stdout
 

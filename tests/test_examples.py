@@ -19,6 +19,7 @@ import examples
 from safesync_async import DbSession, create_engine, create_redis_client
 
 from .support.backends import MARIADB
+from .support.cluster import PrivateRedisCluster
 from .support.settings import DATABASE_URL, REDIS_URL
 
 EXAMPLES = sorted(
@@ -26,6 +27,8 @@ EXAMPLES = sorted(
     for info in pkgutil.iter_modules(examples.__path__)
     if info.name not in {"settings", "demo"} and not info.name.startswith("_")
 )
+
+CLUSTER_EXAMPLES = {"queue_cluster"}
 
 
 def test_examples_are_discovered() -> None:
@@ -60,9 +63,14 @@ async def _tables(pattern: str) -> set[str]:
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
-async def test_example_runs(name: str) -> None:
+async def test_example_runs(
+    name: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The example's main() completes, its own checks pass, and it drops every table it
-    created."""
+    created (the Redis Cluster example runs on the session's private cluster)."""
+    if name in CLUSTER_EXAMPLES:
+        cluster: PrivateRedisCluster = request.getfixturevalue("redis_cluster")
+        monkeypatch.setenv("SAFESYNC_REDIS_CLUSTER_URL", cluster.url)
     module = importlib.import_module(f"examples.{name}")
     main = cast(Callable[[], Awaitable[None]], module.main)
     before = await _tables("example\\_%")

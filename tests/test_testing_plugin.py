@@ -14,6 +14,7 @@ import anyio
 from safesync_async import DbSession, create_engine
 
 from .support.backends import MARIADB
+from .support.cluster import PrivateRedisCluster
 from .support.settings import REDIS_URL
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "user_tests"
@@ -63,6 +64,25 @@ async def test_user_suite_on_configured_servers(tmp_path: Path) -> None:
         )
     await engine.dispose()
     assert left == []  # the suite's fixtures dropped every table they created
+
+
+async def test_user_suite_on_a_redis_cluster(
+    tmp_path: Path, redis_cluster: PrivateRedisCluster
+) -> None:
+    """With SAFESYNC_REDIS_CLUSTER=1 the Redis URL names a cluster node: the fixtures hand
+    out a cluster client and the same user suite passes on the cluster."""
+    await _run_user_suite(
+        tmp_path,
+        _environment(
+            SAFESYNC_DATABASE_URL=MARIADB.url,
+            SAFESYNC_REDIS_URL=redis_cluster.url,
+            SAFESYNC_REDIS_CLUSTER="1",
+        ),
+    )
+    engine = create_engine(MARIADB.url)
+    async with DbSession(engine) as session:
+        await session.execute("DROP TABLE IF EXISTS user_notes")
+    await engine.dispose()
 
 
 async def test_user_suite_with_nothing_configured(tmp_path: Path) -> None:

@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Coroutine
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 import typer
-from redis.asyncio import Redis
 from typer.core import TyperCommand, TyperGroup
 
-from ..errors import SafeSyncError
+from ..errors import ConfigurationError, SafeSyncError
+from ..queue.client import RedisClient
 from ..queue.health import stream_health
+from ..queue.keys import dead_letter_key
 from ..queue.outbox import Outbox
 from ..worker.settings import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL
 from . import render
@@ -92,6 +94,7 @@ class Settings:
     redis_url: str
     database_url: str
     as_json: bool
+    cluster: bool = False
 
 
 Job = Callable[[render.Output], Coroutine[Any, Any, int]]
@@ -102,6 +105,12 @@ def _settings(ctx: typer.Context) -> Settings:
     if settings is None:
         raise RuntimeError("safesync commands must run through the safesync app")
     return settings
+
+
+def _redis(ctx: typer.Context) -> AbstractAsyncContextManager[RedisClient]:
+    """The Redis client of the global options (a cluster client with ``--cluster``)."""
+    settings = _settings(ctx)
+    return open_redis(settings.redis_url, cluster=settings.cluster)
 
 
 def _run(ctx: typer.Context, job: Job) -> None:
@@ -134,7 +143,12 @@ def _entry_ids(values: list[str] | None) -> list[str]:
 
 
 def _dead_letter_key(stream: str, override: str | None) -> str:
-    return override or f"{stream}:dead"
+    if override:
+        return override
+    try:
+        return dead_letter_key(stream)
+    except ConfigurationError as exc:
+        raise typer.BadParameter(str(exc), param_hint="STREAM") from None
 
 
 # -- shared option types -----------------------------------------------------------
@@ -147,7 +161,8 @@ DeadLetterStream = Annotated[
     typer.Option(
         "--dead-letter-stream",
         metavar="KEY",
-        help="The dead-letter stream (default: STREAM:dead).",
+        help="The dead-letter stream (default: {STREAM}:dead, or STREAM:dead when STREAM "
+        "has a hash tag).",
         show_default=False,
     ),
 ]
@@ -193,9 +208,15 @@ def _global_options(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON document per result, nothing else.")
     ] = False,
+    cluster: Annotated[
+        bool,
+        typer.Option(
+            "--cluster", envvar="SAFESYNC_REDIS_CLUSTER", help="The Redis URL names a cluster node."
+        ),
+    ] = False,
 ) -> None:
     """Inspect safesync_async streams, consumer groups, dead letters and outboxes."""
-    ctx.obj = Settings(redis_url, database_url, as_json)
+    ctx.obj = Settings(redis_url, database_url, as_json, cluster)
 
 
 # -- safesync streams --------------------------------------------------------------
@@ -209,7 +230,7 @@ def streams_command(
     """List streams with their length, groups, pending entries and highest lag."""
 
     async def job(out: render.Output) -> int:
-        async with open_redis(_settings(ctx).redis_url) as redis:
+        async with _redis(ctx) as redis:
             render.streams(out, await list_streams(redis, pattern))
         return EXIT_OK
 
@@ -223,14 +244,15 @@ def streams_command(
 class _StatusOptions:
     stream: str
     dead_letter_stream: str
+    dead_letter_override: str | None  # None: the default, and old dead letters are counted
     limits: Thresholds
     idle_after_ms: int
 
 
-async def _check_status(out: render.Output, redis: Redis, options: _StatusOptions) -> int:
+async def _check_status(out: render.Output, redis: RedisClient, options: _StatusOptions) -> int:
     """One health report; EXIT_FAILED if a threshold is exceeded."""
     health = await stream_health(
-        redis, options.stream, dead_letter_stream=options.dead_letter_stream
+        redis, options.stream, dead_letter_stream=options.dead_letter_override
     )
     problems = stream_violations(health, options.limits)
     render.status(
@@ -301,12 +323,13 @@ def status(
     options = _StatusOptions(
         stream,
         _dead_letter_key(stream, dead_letter_stream),
+        dead_letter_stream,
         Thresholds(max_lag, max_pending, max_pending_age, max_deliveries, max_dead_letters),
         int(idle_after * 1000),
     )
 
     async def job(out: render.Output) -> int:
-        async with open_redis(_settings(ctx).redis_url) as redis:
+        async with _redis(ctx) as redis:
 
             async def once(round_number: int) -> int:
                 render.watch_header(out, round_number, watching=watch is not None)
@@ -333,7 +356,7 @@ def pending(
     """Pending entries of a group, oldest first: id, consumer, idle time, deliveries."""
 
     async def job(out: render.Output) -> int:
-        async with open_redis(_settings(ctx).redis_url) as redis:
+        async with _redis(ctx) as redis:
             report = await pending_report(redis, stream, group, consumer=consumer, count=count)
         render.pending(out, report)
         return EXIT_OK
@@ -355,7 +378,7 @@ def list_dead_letters(
     key = _dead_letter_key(stream, dead_letter_stream)
 
     async def job(out: render.Output) -> int:
-        async with open_redis(_settings(ctx).redis_url) as redis:
+        async with _redis(ctx) as redis:
             total = await count_letters(redis, key)
             letters = await read_letters(redis, key, count)
         render.dead_letters(out, letters, dead_letter_stream=key, total=total)
@@ -377,7 +400,7 @@ def show_dead_letter(
     key = _dead_letter_key(stream, dead_letter_stream)
 
     async def job(out: render.Output) -> int:
-        async with open_redis(_settings(ctx).redis_url) as redis:
+        async with _redis(ctx) as redis:
             [letter] = await find_letters(redis, key, [entry_id])
         render.dead_letter(out, letter, dead_letter_stream=key)
         return EXIT_OK
@@ -392,7 +415,7 @@ def _selection(entry_ids: list[str], all_: bool) -> list[str] | None:
     return None if all_ else entry_ids
 
 
-async def _select(redis: Redis, key: str, ids: list[str] | None) -> list[Letter]:
+async def _select(redis: RedisClient, key: str, ids: list[str] | None) -> list[Letter]:
     if ids is None:
         return await read_letters(redis, key, None)
     return await find_letters(redis, key, ids)
@@ -421,7 +444,7 @@ def replay_dead_letters(
     ids = _selection(entry_ids or [], all_)
 
     async def job(out: render.Output) -> int:
-        async with open_redis(_settings(ctx).redis_url) as redis:
+        async with _redis(ctx) as redis:
             plan = plan_replay(await _select(redis, key, ids), stream, key)
             rows = [{"id": letter.id, "stream": target} for letter, target in plan.moves]
             if yes:
@@ -453,7 +476,7 @@ def purge_dead_letters(
     ids = _selection(entry_ids or [], all_)
 
     async def job(out: render.Output) -> int:
-        async with open_redis(_settings(ctx).redis_url) as redis:
+        async with _redis(ctx) as redis:
             letters = await _select(redis, key, ids)
             if yes:
                 await delete_letters(redis, key, [letter.id for letter in letters])

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import cast
 
 import sqlalchemy as sa
-from redis.asyncio import Redis
+from redis.exceptions import RedisClusterException
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -29,7 +29,7 @@ from ..errors import (
 )
 from ..queue._errors import redis_errors
 from ..queue._streams import GroupStream, PendingEntry, parse_groups
-from ..queue.client import create_redis_client
+from ..queue.client import RedisClient, create_redis_client
 from ..queue.dead_letters import PREFIX, DeadLetter, DeadLetterReason, parse_dead_letter
 from ..queue.health import ConsumerHealth, GroupHealth, StreamHealth
 from ..queue.outbox import Outbox, OutboxStatus
@@ -111,11 +111,12 @@ def _text(value: object) -> str:
 
 
 @asynccontextmanager
-async def open_redis(url: str) -> AsyncIterator[Redis]:
-    """A client from :func:`create_redis_client`, closed on exit."""
+async def open_redis(url: str, *, cluster: bool = False) -> AsyncIterator[RedisClient]:
+    """A client from :func:`create_redis_client` (a cluster client with ``cluster``),
+    closed on exit."""
     try:
-        client = create_redis_client(url)
-    except ValueError as exc:
+        client = create_redis_client(url, cluster=cluster)
+    except (ValueError, RedisClusterException) as exc:
         raise CliError(f"invalid Redis URL: {exc}", EXIT_USAGE) from exc
     try:
         yield client
@@ -189,7 +190,7 @@ class StreamSummary:
     max_lag: int | None  # None: no group, or some group's lag is unknown
 
 
-async def list_streams(redis: Redis, pattern: str) -> list[StreamSummary]:
+async def list_streams(redis: RedisClient, pattern: str) -> list[StreamSummary]:
     """Every stream key matching ``pattern`` (SCAN ... TYPE stream), sorted by name."""
     with redis_errors("SCAN"):
         keys = {key async for key in redis.scan_iter(match=pattern, count=_PAGE, _type="stream")}
@@ -197,7 +198,7 @@ async def list_streams(redis: Redis, pattern: str) -> list[StreamSummary]:
     return [s for s in summaries if s is not None]
 
 
-async def _summarise(redis: Redis, key: bytes) -> StreamSummary | None:
+async def _summarise(redis: RedisClient, key: bytes) -> StreamSummary | None:
     """Length and group figures of one stream; None if it vanished since the scan."""
     name = _text(key)
     with redis_errors("XINFO GROUPS", name):
@@ -291,7 +292,7 @@ class PendingReport:
 
 
 async def pending_report(
-    redis: Redis, stream: str, group: str, *, consumer: str | None, count: int
+    redis: RedisClient, stream: str, group: str, *, consumer: str | None, count: int
 ) -> PendingReport:
     """The ``count`` oldest pending entries and the total (XPENDING)."""
     with redis_errors("XPENDING", stream):
@@ -339,7 +340,7 @@ class Letter:
         )
 
 
-async def count_letters(redis: Redis, dead_letter_stream: str) -> int:
+async def count_letters(redis: RedisClient, dead_letter_stream: str) -> int:
     """How many entries the dead-letter stream holds."""
     with redis_errors("XLEN", dead_letter_stream):
         return int(await redis.xlen(dead_letter_stream))
@@ -348,13 +349,15 @@ async def count_letters(redis: Redis, dead_letter_stream: str) -> int:
 _Row = tuple[bytes, dict[bytes, bytes]]
 
 
-async def _xrange(redis: Redis, key: str, start: str, count: int) -> list[_Row]:
+async def _xrange(redis: RedisClient, key: str, start: str, count: int) -> list[_Row]:
     with redis_errors("XRANGE", key):
         rows = await redis.xrange(key, min=start, count=count)
     return cast(list[_Row], rows or [])
 
 
-async def read_letters(redis: Redis, dead_letter_stream: str, limit: int | None) -> list[Letter]:
+async def read_letters(
+    redis: RedisClient, dead_letter_stream: str, limit: int | None
+) -> list[Letter]:
     """The oldest ``limit`` dead letters (all of them for ``None``), read in pages."""
     letters: list[Letter] = []
     start = "-"
@@ -368,7 +371,9 @@ async def read_letters(redis: Redis, dead_letter_stream: str, limit: int | None)
     return letters
 
 
-async def find_letters(redis: Redis, dead_letter_stream: str, ids: Sequence[str]) -> list[Letter]:
+async def find_letters(
+    redis: RedisClient, dead_letter_stream: str, ids: Sequence[str]
+) -> list[Letter]:
     """The dead letters with these ids, in the order given; CliError if any is missing."""
     wanted = list(dict.fromkeys(ids))
     with redis_errors("XRANGE", dead_letter_stream):
@@ -383,7 +388,7 @@ async def find_letters(redis: Redis, dead_letter_stream: str, ids: Sequence[str]
     return [found[entry_id] for entry_id in wanted]
 
 
-async def delete_letters(redis: Redis, dead_letter_stream: str, ids: Sequence[str]) -> int:
+async def delete_letters(redis: RedisClient, dead_letter_stream: str, ids: Sequence[str]) -> int:
     """XDEL the ids from the dead-letter stream; returns how many were deleted."""
     deleted = 0
     for start in range(0, len(ids), _PAGE):
@@ -423,7 +428,7 @@ def plan_replay(letters: Sequence[Letter], stream: str, dead_letter_stream: str)
     return ReplayPlan(moves, [letter for letter in letters if not letter.replayable])
 
 
-async def replay(redis: Redis, dead_letter_stream: str, plan: ReplayPlan) -> list[Replayed]:
+async def replay(redis: RedisClient, dead_letter_stream: str, plan: ReplayPlan) -> list[Replayed]:
     """Re-add the original fields (pipelined, per target stream), then delete the dead
     letters. At least once: if the deletion fails, a later replay adds them again."""
     by_target: dict[str, list[Letter]] = {}

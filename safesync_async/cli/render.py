@@ -186,7 +186,14 @@ def _stream_line(health: StreamHealth, dead_letter_stream: str) -> Text:
         f": {_plural(health.length, 'entry', 'entries')}, first {_optional(health.first_id)}, "
         f"last {_optional(health.last_id)}, persistence {health.persistence}\n"
     )
-    return line.append(f"dead letters: {health.dead_letters} in {dead_letter_stream}")
+    line.append(f"dead letters: {health.dead_letters} in {dead_letter_stream}")
+    if health.legacy_dead_letters:
+        line.append(
+            f"\n{_plural(health.legacy_dead_letters, 'dead letter', 'dead letters')} under the "
+            f"old key {health.stream}:dead (replay or purge them with --dead-letter-stream)",
+            style="yellow",
+        )
+    return line
 
 
 def _groups_table(groups: Sequence[GroupHealth]) -> Table:

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from .client import ServerInfo, check_redis_client, create_redis_client, server_info
+from .client import (
+    RedisClient,
+    ServerInfo,
+    check_redis_client,
+    create_redis_client,
+    is_cluster,
+    server_info,
+)
 from .codec import Codec, JsonCodec
 from .config import QueueConfig
 from .consumer import ConsumerStatistics, QueueConsumer
 from .dead_letters import DeadLetter, DeadLetterReason, parse_dead_letter
 from .health import ConsumerHealth, GroupHealth, StreamHealth, stream_health
 from .inbox import Inbox
+from .keys import dead_letter_key
 from .models import QueueMessage
 from .outbox import Outbox, OutboxRelay, OutboxStatus
 from .producer import QueueProducer
@@ -32,11 +40,14 @@ __all__ = [
     "QueueConsumer",
     "QueueMessage",
     "QueueProducer",
+    "RedisClient",
     "ServerInfo",
     "StreamHealth",
     "check_redis_client",
     "create_redis_client",
+    "dead_letter_key",
     "install_signal_handlers",
+    "is_cluster",
     "parse_dead_letter",
     "server_info",
     "stream_health",

@@ -23,12 +23,23 @@ from ..errors import (
 __all__ = ["is_busy_group", "redis_errors"]
 
 # Refusals that say "not now": out of memory (noeviction), a read-only replica, a master
-# or cluster down or resharding. BusyLoadingError (LOADING) is a ConnectionError already.
+# or cluster down (CLUSTERDOWN, MASTERDOWN) or resharding (TRYAGAIN, and redirections
+# that kept moving until redis-py gave up: ClusterError "TTL exhausted"). BusyLoadingError
+# (LOADING) is a ConnectionError already.
 _UNAVAILABLE = (
     redis_exc.OutOfMemoryError,
     redis_exc.ReadOnlyError,
-    redis_exc.ClusterDownError,
+    redis_exc.ClusterError,
     redis_exc.TryAgainError,
+    redis_exc.AskError,
+)
+# The cluster client's own errors (not RedisError subclasses): no node reachable, or no
+# node known to serve a slot. Both mean the cluster cannot serve now: a failover or a
+# network partition.
+_CLUSTER_UNREACHABLE = (redis_exc.RedisClusterUnreachableError, redis_exc.SlotNotCoveredError)
+_CROSS_SLOT = (
+    "keys in one transaction, script or multi-key command must share a Redis Cluster hash "
+    "slot; keys derived from a stream keep its slot (see safesync_async.queue.keys)"
 )
 # The reply to a read blocked on a stream that was deleted meanwhile (Redis 7.0+).
 _STREAM_DELETED = "UNBLOCKED the stream key no longer exists"
@@ -58,6 +69,8 @@ def _translate(exc: redis_exc.RedisError, where: str, stream: str | None) -> Que
         return QueueConnectionError(f"Redis unreachable during {where}: {exc}")
     if isinstance(exc, _UNAVAILABLE):
         return QueueUnavailableError(f"Redis refused {where} for now ({type(exc).__name__}): {exc}")
+    if isinstance(exc, redis_exc.ClusterCrossSlotError):
+        return QueueError(f"Redis refused {where} (CROSSSLOT): {_CROSS_SLOT}: {exc}")
     if isinstance(exc, redis_exc.ResponseError):
         code = _code(exc)
         if code == "NOGROUP":
@@ -82,9 +95,11 @@ def redis_errors(operation: str, stream: str | None = None) -> Iterator[None]:
     """Re-raise redis-py errors as the library's :class:`QueueError` subclasses, naming the
     operation and stream:
 
-    * connection errors and timeouts: :class:`QueueConnectionError`;
-    * "not now" refusals (OOM, READONLY, MASTERDOWN, CLUSTERDOWN, TRYAGAIN, BUSY):
-      :class:`QueueUnavailableError`;
+    * connection errors and timeouts, and a cluster none of whose nodes answers or
+      that serves no node for a slot: :class:`QueueConnectionError`;
+    * "not now" refusals (OOM, READONLY, MASTERDOWN, CLUSTERDOWN, TRYAGAIN, BUSY,
+      redirections that never settled): :class:`QueueUnavailableError`;
+    * keys of one transaction in different cluster slots (CROSSSLOT): :class:`QueueError`;
     * NOGROUP, and a blocked read whose stream was deleted:
       :class:`ConsumerGroupMissingError`;
     * anything else (WRONGTYPE included): :class:`QueueError`.
@@ -102,6 +117,12 @@ def redis_errors(operation: str, stream: str | None = None) -> Iterator[None]:
         raise QueueConnectionError(f"Redis unreachable during {where}: {exc}") from exc
     except redis_exc.RedisError as exc:
         raise _translate(exc, where, stream) from exc
+    except _CLUSTER_UNREACHABLE as exc:
+        raise QueueConnectionError(f"Redis Cluster unreachable during {where}: {exc}") from exc
+    except redis_exc.CrossSlotTransactionError as exc:
+        raise QueueError(f"Redis Cluster refused {where}: {_CROSS_SLOT}: {exc}") from exc
+    except redis_exc.RedisClusterException as exc:
+        raise QueueError(f"Redis Cluster client error during {where}: {exc}") from exc
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError(f"cancelled during {where}")

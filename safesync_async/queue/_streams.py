@@ -9,11 +9,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
-from redis.asyncio import Redis
-
 from ..errors import QueueConnectionError, QueueError, QueueUnavailableError
 from ._errors import is_busy_group, redis_errors
-from .client import ServerInfo, check_redis_client, server_info
+from .client import RedisClient, ServerInfo, check_redis_client, server_info
 
 __all__ = [
     "ClaimResult",
@@ -198,7 +196,7 @@ def parse_groups(raw: Iterable[Mapping[str, Any]]) -> list[GroupInfo]:
     ]
 
 
-async def read_groups(redis: Redis, stream: str) -> list[GroupInfo]:
+async def read_groups(redis: RedisClient, stream: str) -> list[GroupInfo]:
     """The groups of ``stream`` (XINFO GROUPS); raises if the stream does not exist."""
     with redis_errors("XINFO GROUPS", stream):
         return parse_groups(await redis.xinfo_groups(stream))
@@ -206,9 +204,11 @@ async def read_groups(redis: Redis, stream: str) -> list[GroupInfo]:
 
 class GroupStream:
     """:class:`StreamOperations` on Redis: commands on ``stream`` as ``consumer`` of
-    ``group``."""
+    ``group``. Every command names the stream (the script's only key); the dead-letter
+    transaction also names the dead-letter stream, which must share the stream's hash
+    slot on a cluster (see :mod:`safesync_async.queue.keys`)."""
 
-    def __init__(self, redis: Redis, stream: str, group: str, consumer: str) -> None:
+    def __init__(self, redis: RedisClient, stream: str, group: str, consumer: str) -> None:
         self.redis = redis
         self.stream = stream
         self.group = group

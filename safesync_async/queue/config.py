@@ -10,6 +10,7 @@ from typing import Any, Literal
 from .._validation import check_int, check_seconds
 from ..errors import ConfigurationError
 from .codec import Codec, JsonCodec
+from .keys import dead_letter_key
 
 __all__ = ["QueueConfig"]
 
@@ -52,7 +53,11 @@ class QueueConfig:
             ``"$"`` only new entries.
         max_deliveries: after this many failed deliveries an entry goes to the
             dead-letter stream (``None``: retry forever).
-        dead_letter_stream: where dead letters go (default ``<stream_key>:dead``).
+        dead_letter_stream: where dead letters go. Default: ``{<stream_key>}:dead``, or
+            ``<stream_key>:dead`` when the stream key has a hash tag already (see
+            :func:`~safesync_async.dead_letter_key`): in the stream's Redis Cluster
+            hash slot, as the dead letter and the ack are one transaction. On a cluster
+            an explicit key must share that slot.
         claim_min_idle_ms: entries pending longer than this (a crashed consumer, a
             failed handler) are claimed and retried by the running consumers. A running
             consumer resets the idle time of the entries it holds every half of this,
@@ -137,11 +142,13 @@ class QueueConfig:
             )
         if self.dead_letter_stream == self.stream_key:
             raise ConfigurationError("dead_letter_stream must differ from stream_key")
+        if self.dead_letter_stream is None:
+            dead_letter_key(self.stream_key)  # refuses names no derived key can follow
 
     @property
     def dead_letters(self) -> str:
         """The dead-letter stream's key."""
-        return self.dead_letter_stream or f"{self.stream_key}:dead"
+        return self.dead_letter_stream or dead_letter_key(self.stream_key)
 
     def read_ahead_limit(self, concurrency: int) -> int:
         """Entries held at once (being handled plus prefetched) for a concurrency."""

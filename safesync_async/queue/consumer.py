@@ -11,7 +11,6 @@ from typing import Any, ParamSpec, TypeVar
 
 import anyio
 import anyio.abc
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .._validation import check_int
@@ -25,8 +24,9 @@ from ._processing import DbHandler, Handler, InboxStore
 from ._run import ClaimSettings, ConsumerParts, ConsumerRun
 from ._statistics import ConsumerRecorder, ConsumerStatistics
 from ._streams import GroupStream, StreamOperations
-from .client import ServerInfo, describe_servers
+from .client import RedisClient, ServerInfo, describe_servers, is_cluster
 from .config import QueueConfig
+from .keys import check_same_slot
 from .models import QueueMessage
 from .readiness import ConsumerReadiness
 
@@ -74,13 +74,16 @@ class QueueConsumer:
     :meth:`ack`, :meth:`claim_stale`, :meth:`run_claim_stale`, :meth:`stop`.
 
     A consumer runs one loop at a time; start one consumer per worker task/process.
-    ``stream_operations`` replaces the Redis commands on the stream (tests give an
-    in-memory stream); by default they go to ``redis``.
+    ``redis`` is a standalone or a Redis Cluster client (see
+    :func:`~safesync_async.create_redis_client`); on a cluster an explicit
+    ``dead_letter_stream`` must share the stream's hash slot (:class:`ConfigurationError`
+    otherwise). ``stream_operations`` replaces the Redis commands on the stream (tests
+    give an in-memory stream); by default they go to ``redis``.
     """
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         config: QueueConfig,
         *,
         inbox: InboxStore | None = None,
@@ -89,6 +92,8 @@ class QueueConsumer:
     ) -> None:
         if not isinstance(config, QueueConfig):
             raise ConfigurationError("QueueConsumer needs a QueueConfig")
+        if is_cluster(redis):
+            check_same_slot(config.stream_key, config.dead_letters, "dead_letter_stream")
         self.config = config
         self.redis = redis
         streams = stream_operations or GroupStream(

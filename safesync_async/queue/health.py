@@ -6,11 +6,10 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from redis.asyncio import Redis
-
 from ._errors import redis_errors
 from ._streams import GroupInfo, read_groups, text
-from .client import server_info
+from .client import RedisClient, server_info
+from .keys import dead_letter_key, legacy_dead_letter_key
 from .models import entry_timestamp_ms
 
 __all__ = ["ConsumerHealth", "GroupHealth", "StreamHealth", "stream_health"]
@@ -47,6 +46,9 @@ class StreamHealth:
     groups: tuple[GroupHealth, ...]
     dead_letters: int
     persistence: str
+    # Entries left under the dead-letter key used before the key layout (<stream>:dead),
+    # counted when the default key is reported on; 0 otherwise.
+    legacy_dead_letters: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -57,6 +59,11 @@ class StreamHealth:
             f"stream {self.stream!r}: {self.length} entries, persistence={self.persistence}"
             + f", dead letters: {self.dead_letters}"
         ]
+        if self.legacy_dead_letters:
+            lines.append(
+                f"  {self.legacy_dead_letters} dead letter(s) under the old key "
+                f"{legacy_dead_letter_key(self.stream)!r}: replay or purge them there"
+            )
         for g in self.groups:
             age = f"{g.oldest_pending_age_s:.1f}s" if g.oldest_pending_age_s is not None else "-"
             lines.append(
@@ -73,7 +80,9 @@ def _inactive(consumer: dict[str, Any]) -> int | None:
     return None if value is None or int(value) < 0 else int(value)
 
 
-async def _group_health(redis: Redis, stream: str, group: GroupInfo, sample: int) -> GroupHealth:
+async def _group_health(
+    redis: RedisClient, stream: str, group: GroupInfo, sample: int
+) -> GroupHealth:
     with redis_errors("stream health", stream):
         consumers = tuple(
             ConsumerHealth(text(c["name"]), int(c["pending"]), int(c["idle"]), _inactive(c))
@@ -100,18 +109,25 @@ async def _group_health(redis: Redis, stream: str, group: GroupInfo, sample: int
 
 
 async def stream_health(
-    redis: Redis, stream: str, *, dead_letter_stream: str | None = None, sample: int = 100
+    redis: RedisClient, stream: str, *, dead_letter_stream: str | None = None, sample: int = 100
 ) -> StreamHealth:
-    """Inspect ``stream`` and its dead-letter stream (default ``<stream>:dead``, the
-    consumer's default). ``sample`` bounds how many of each group's oldest pending entries
-    are read for delivery counts."""
-    dead_letter_stream = dead_letter_stream or f"{stream}:dead"
+    """Inspect ``stream`` and its dead-letter stream (default :func:`dead_letter_key`,
+    the consumer's default). ``sample`` bounds how many of each group's oldest pending
+    entries are read for delivery counts. With the default dead-letter stream, entries
+    still under the key used before the key layout (``<stream>:dead``) are counted in
+    ``legacy_dead_letters``. On a cluster, the persistence is the weakest among the
+    masters'."""
+    count_legacy = False
+    if dead_letter_stream is None:
+        dead_letter_stream = dead_letter_key(stream)
+        count_legacy = dead_letter_stream != legacy_dead_letter_key(stream)
     persistence = (await server_info(redis)).persistence
     with redis_errors("stream health", stream):
         exists = bool(await redis.exists(stream))
         dead = int(await redis.xlen(dead_letter_stream))
+        old = int(await redis.xlen(legacy_dead_letter_key(stream))) if count_legacy else 0
         if not exists:
-            return StreamHealth(stream, False, 0, None, None, (), dead, persistence)
+            return StreamHealth(stream, False, 0, None, None, (), dead, persistence, old)
         info = await redis.xinfo_stream(stream)
     groups = [
         await _group_health(redis, stream, group, sample)
@@ -127,4 +143,5 @@ async def stream_health(
         groups=tuple(groups),
         dead_letters=dead,
         persistence=persistence,
+        legacy_dead_letters=old,
     )

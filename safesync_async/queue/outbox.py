@@ -17,12 +17,11 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 import anyio
 import anyio.abc
 import sqlalchemy as sa
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .. import tracing
@@ -34,7 +33,8 @@ from ..db.session import DbSession
 from ..errors import ConfigurationError, DatabaseError, QueueError
 from ..metrics import DEFAULT_REGISTRY, RegistryArg, metrics_for
 from ._backoff import Backoff
-from ._errors import redis_errors
+from ._publishing import ReplicationWait, add_entries
+from .client import RedisClient
 from .codec import Codec, JsonCodec
 from .models import IDEMPOTENCY_KEY_FIELD
 
@@ -175,18 +175,27 @@ class OutboxRelay:
     those rows sent, so nothing is published twice in the normal path and the order is
     kept. If a relay dies, its transaction is rolled back, its locks are freed and another
     relay publishes the rows again (the consumers' inbox absorbs the repeat).
+
+    ``wait_replicas`` (default 0: off) marks rows sent only once that many replicas of
+    each stream's master acknowledged the XADDs (Redis ``WAIT``, at most
+    ``wait_timeout_ms``); otherwise the batch is rolled back and published again. With
+    it, a Redis failover cannot lose a relayed message. ``redis`` is a standalone or a
+    Redis Cluster client; rows for streams on different masters are published to each
+    master in one round trip.
     """
 
     def __init__(
         self,
         engine: AsyncEngine,
-        redis: Redis,
+        redis: RedisClient,
         outbox: Outbox,
         *,
         batch_size: int = 200,
         poll_interval: float = 0.1,
         lock_timeout: float = 5.0,
         reconnect_max_delay: float = 10.0,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 1_000,
         registry: RegistryArg = DEFAULT_REGISTRY,
     ) -> None:
         check_int("batch_size", batch_size, minimum=1)
@@ -196,6 +205,9 @@ class OutboxRelay:
             ("reconnect_max_delay", reconnect_max_delay),
         ):
             check_seconds(name, seconds)
+        self._wait = ReplicationWait.of(wait_replicas, wait_timeout_ms)
+        if self._wait is not None:
+            self._wait.check_client(redis)
         self.engine = engine
         self.redis = redis
         self.outbox = outbox
@@ -281,17 +293,11 @@ class OutboxRelay:
         return len(rows)
 
     async def _publish(self, rows: list[dict[str, Any]]) -> dict[int, str]:
-        with (
-            tracing.messaging_span("publish", rows[0]["stream"], count=len(rows)),
-            redis_errors("outbox XADD"),
-        ):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for row in rows:
-                    fields = _unpack(row["fields"])
-                    fields[IDEMPOTENCY_KEY_FIELD] = self.outbox.idempotency_key(row["id"]).encode()
-                    pipe.xadd(row["stream"], cast(Any, fields))
-                replies = await pipe.execute()
-        return {
-            row["id"]: reply.decode() if isinstance(reply, bytes) else str(reply)
-            for row, reply in zip(rows, replies, strict=True)
-        }
+        entries = []
+        for row in rows:
+            fields = _unpack(row["fields"])
+            fields[IDEMPOTENCY_KEY_FIELD] = self.outbox.idempotency_key(row["id"]).encode()
+            entries.append((str(row["stream"]), fields))
+        with tracing.messaging_span("publish", rows[0]["stream"], count=len(rows)):
+            ids = await add_entries(self.redis, entries, wait=self._wait, operation="outbox XADD")
+        return {row["id"]: entry_id for row, entry_id in zip(rows, ids, strict=True)}

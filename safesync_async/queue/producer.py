@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from typing import Any, cast
-
-from redis.asyncio import Redis
+from typing import Any
 
 from .. import tracing
 from .._validation import check_int
 from ..errors import ConfigurationError, UnsafeOperationError
 from ..metrics import DEFAULT_REGISTRY, RegistryArg, metrics_for
 from ._errors import redis_errors
+from ._publishing import ReplicationWait, add_entries
 from ._streams import read_groups, text
+from .client import RedisClient
 from .codec import Codec, JsonCodec
 from .models import IDEMPOTENCY_KEY_FIELD
 
@@ -33,19 +33,32 @@ class QueueProducer:
     With OpenTelemetry active, entries carry the publishing span's trace context
     (``traceparent``); pass ``trace_context=False`` to keep entries to the single ``data``
     field the synchronous library's strict parser accepts.
+
+    ``wait_replicas`` (default 0: off) makes every publication wait until that many
+    replicas of the stream's master acknowledged it (Redis ``WAIT``, on the connection of
+    the XADD, at most ``wait_timeout_ms``), and raise :class:`ReplicationError` when
+    fewer did: a failover of a master that acknowledged an XADD it had not replicated
+    yet loses the entry, and the wait closes that window (at the price of a replication
+    round trip; see the Scaling out page for figures). ``redis`` is a standalone or a
+    Redis Cluster client.
     """
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         stream_key: str,
         *,
         codec: Codec[Any] | None = None,
         trace_context: bool = True,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 1_000,
         registry: RegistryArg = DEFAULT_REGISTRY,
     ) -> None:
         if not isinstance(stream_key, str) or not stream_key:
             raise ConfigurationError("stream_key must be a non-empty string")
+        self._wait = ReplicationWait.of(wait_replicas, wait_timeout_ms)
+        if self._wait is not None:
+            self._wait.check_client(redis)
         self.redis = redis
         self.stream_key = stream_key
         self._trace_context = trace_context
@@ -85,18 +98,19 @@ class QueueProducer:
         idempotency_key: str | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> str:
-        """Add one entry; returns its id."""
+        """Add one entry; returns its id. With ``wait_replicas``, :class:`ReplicationError`
+        if too few replicas acknowledged it in time (it was added, though)."""
         with tracing.messaging_span("publish", self.stream_key, count=1):
             fields = self.fields_for(payload, idempotency_key=idempotency_key, headers=headers)
-            with redis_errors("XADD", self.stream_key):
-                entry_id = await self.redis.xadd(self.stream_key, cast(Any, fields))
-        self._metrics.inc("published", self._stream_label)
-        return text(entry_id)
+            [entry_id] = await self._add([fields], "XADD")
+        return entry_id
 
     async def publish_batch(self, payloads: Iterable[Any], *, chunk_size: int = 500) -> list[str]:
         """Add many entries with pipelined XADDs (one round trip per ``chunk_size``);
         returns their ids in order. Not atomic: on an error, the ids added so far are
-        lost to the caller, so give entries idempotency keys if you may retry."""
+        lost to the caller, so give entries idempotency keys if you may retry. With
+        ``wait_replicas`` each chunk waits once, and a :class:`ReplicationError` carries
+        the ids of its chunk."""
         check_int("chunk_size", chunk_size, minimum=1)
         ids: list[str] = []
         chunk: list[Any] = []
@@ -118,15 +132,21 @@ class QueueProducer:
         return await self._add_many([dict(e) for e in entries])
 
     async def _add_many(self, entries: list[dict[bytes, bytes]]) -> list[str]:
+        return await self._add(entries, "XADD (pipelined)")
+
+    async def _add(self, entries: list[dict[bytes, bytes]], operation: str) -> list[str]:
         if not entries:
             return []
-        with redis_errors("XADD (pipelined)", self.stream_key):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for fields in entries:
-                    pipe.xadd(self.stream_key, cast(Any, fields))
-                replies = await pipe.execute()
-        self._metrics.inc("published", self._stream_label, amount=len(replies))
-        return [text(r) for r in replies]
+        stream = self.stream_key
+        ids = await add_entries(
+            self.redis,
+            [(stream, fields) for fields in entries],
+            wait=self._wait,
+            operation=operation,
+            stream=stream,
+        )
+        self._metrics.inc("published", self._stream_label, amount=len(ids))
+        return ids
 
     async def trim(self, max_length: int, *, strict: bool = False) -> int:
         """Remove the oldest entries beyond ``max_length``, but only entries every group
@@ -175,7 +195,7 @@ class QueueProducer:
             start = "(" + text(rows[-1][0])
 
 
-async def safe_trim_boundary(redis: Redis, stream: str) -> str | None:
+async def safe_trim_boundary(redis: RedisClient, stream: str) -> str | None:
     """The smallest id some group still needs (oldest pending, or first undelivered);
     entries below it are acknowledged by every group. ``None`` if the stream has no group."""
     boundary: str | None = None

@@ -17,8 +17,10 @@ Fixtures (async ones run under anyio's pytest plugin on asyncio; mark tests with
 - ``safesync_engine``: an engine from :func:`safesync_async.create_engine`, disposed
   after the test.
 - ``safesync_session``: a :class:`DbSession` rolled back after the test.
-- ``safesync_redis``: a Redis client; keys starting with ``safesync_key_prefix`` are
-  deleted after the test.
+- ``safesync_redis``: a Redis client; keys starting with ``safesync_key_prefix`` (and the
+  keys derived from them, such as dead-letter streams) are deleted after the test. With
+  ``SAFESYNC_REDIS_CLUSTER=1`` (or the ini option ``safesync_redis_cluster = true``)
+  the URL names a node of a Redis Cluster and the client is a cluster client.
 - ``safesync_key_prefix``: a prefix unique to the test, for the Redis keys it creates.
 - ``safesync_stream``: a :class:`StreamFixture`, a unique stream with its consumer group,
   a producer, and helpers to build consumers and run them until the stream is drained.
@@ -33,24 +35,30 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..db.engine import create_engine
 from ..db.session import DbSession
 from ..embedded import EmbeddedServers
-from ..queue.client import create_redis_client
+from ..queue.client import RedisClient, create_redis_client
 from ..queue.config import QueueConfig
 from ..queue.consumer import QueueConsumer
 from ..queue.inbox import Inbox
+from ..queue.keys import dead_letter_key
 from ..queue.producer import QueueProducer
 
-__all__ = ["StreamFixture"]
+__all__ = ["StreamFixture", "delete_test_keys"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("safesync_database_url", "database URL for the safesync_* fixtures")
     parser.addini("safesync_redis_url", "Redis URL for the safesync_* fixtures")
+    parser.addini(
+        "safesync_redis_cluster",
+        "true if safesync_redis_url names a node of a Redis Cluster",
+        type="bool",
+        default=False,
+    )
 
 
 def _setting(request: pytest.FixtureRequest, name: str) -> str | None:
@@ -120,15 +128,36 @@ def safesync_key_prefix() -> str:
     return f"test:{uuid.uuid4().hex[:12]}:"
 
 
+def _cluster_setting(request: pytest.FixtureRequest) -> bool:
+    value = os.environ.get("SAFESYNC_REDIS_CLUSTER")
+    if value is not None:
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(request.config.getini("safesync_redis_cluster"))
+
+
+async def delete_test_keys(client: RedisClient, prefix: str) -> None:
+    """Delete the keys starting with ``prefix`` and those derived from them (in the
+    stream's hash slot, they start with ``{`` + ``prefix``)."""
+    keys = [
+        key
+        for pattern in (f"{prefix}*", "{" + prefix + "*")
+        async for key in client.scan_iter(match=pattern)
+    ]
+    for key in keys:  # one by one: on a cluster they live in different slots
+        await client.delete(key)
+
+
 @pytest.fixture
-async def safesync_redis(safesync_redis_url: str, safesync_key_prefix: str) -> AsyncIterator[Redis]:
-    client = create_redis_client(safesync_redis_url, block_ms=200)
+async def safesync_redis(
+    request: pytest.FixtureRequest, safesync_redis_url: str, safesync_key_prefix: str
+) -> AsyncIterator[RedisClient]:
+    client = create_redis_client(
+        safesync_redis_url, cluster=_cluster_setting(request), block_ms=200
+    )
     try:
         yield client
     finally:
-        keys = [key async for key in client.scan_iter(match=f"{safesync_key_prefix}*")]
-        if keys:
-            await client.delete(*keys)
+        await delete_test_keys(client, safesync_key_prefix)
         await client.aclose()
 
 
@@ -145,13 +174,13 @@ class StreamFixture:
 
     key: str
     group: str
-    redis: Redis
+    redis: RedisClient
     producer: QueueProducer
 
     @property
     def dead_letters(self) -> str:
-        """The dead-letter stream's key, ``<key>:dead``."""
-        return f"{self.key}:dead"
+        """The dead-letter stream's key (:func:`~safesync_async.dead_letter_key`)."""
+        return dead_letter_key(self.key)
 
     def config(self, **overrides: Any) -> QueueConfig:
         """A QueueConfig for this stream and group with test-friendly timings
@@ -193,7 +222,7 @@ class StreamFixture:
 
 
 @pytest.fixture
-async def safesync_stream(safesync_redis: Redis, safesync_key_prefix: str) -> StreamFixture:
+async def safesync_stream(safesync_redis: RedisClient, safesync_key_prefix: str) -> StreamFixture:
     key = f"{safesync_key_prefix}stream"
     await safesync_redis.xgroup_create(key, "test-group", id="0", mkstream=True)
     return StreamFixture(

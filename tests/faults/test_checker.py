@@ -9,7 +9,11 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from safesync_async import DbSession, DeadLetterReason
+from safesync_async import (
+    DbSession,
+    DeadLetterReason,
+    dead_letter_key,
+)
 from safesync_async.queue.dead_letters import dead_letter_fields
 
 from ..support.checker import add_entry, count_delivery
@@ -42,7 +46,7 @@ async def test_checker_counts_a_known_outcome(
             stream=stream, entry_id=ids[index], group="g", consumer="c", deliveries=1,
             reason=reason, error="test", original={},
         )  # fmt: skip
-        await add_entry(redis, f"{stream}:dead", fields)
+        await add_entry(redis, dead_letter_key(stream), fields)
     counts = await count_delivery(
         redis, engine, stream=stream, group="g", effects=effects, sent=keys[:4] + keys[5:],
         unknown=[keys[4], "key:never-published"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -15,11 +16,14 @@ from safesync_async import (
     QueueConsumer,
     QueueMessage,
     QueueProducer,
+    dead_letter_key,
     parse_dead_letter,
 )
 
 from ..conftest import TableFactory
 from .helpers import EFFECTS, effect_counts, effect_writer, pending_count
+
+pytestmark = pytest.mark.cluster  # also on a Redis Cluster (see tests/conftest.py)
 
 
 async def test_batches_commit_together_and_isolate_poison(
@@ -52,7 +56,9 @@ async def test_batches_commit_together_and_isolate_poison(
     )
     assert commits is not None and commits < 3_000 / 10
     assert await effect_counts(engine, table) == (3_000 - 3, 3_000 - 3)
-    letters = [parse_dead_letter(i.decode(), f) for i, f in await redis.xrange(f"{stream}:dead")]
+    letters = [
+        parse_dead_letter(i.decode(), f) for i, f in await redis.xrange(dead_letter_key(stream))
+    ]
     assert len(letters) == 3
     assert {x.reason for x in letters} == {DeadLetterReason.HANDLER_FAILED}
     assert await pending_count(redis, stream, "g") == 0
@@ -90,7 +96,9 @@ async def test_batches_of_deferred_writes_isolate_a_failing_write(
     consumer = QueueConsumer(redis, config, registry=registry)
     await consumer.run_until_drained(handler, engine=engine)
     assert await effect_counts(engine, effects) == (2_000 - 3, 2_000 - 3)
-    letters = [parse_dead_letter(i.decode(), f) for i, f in await redis.xrange(f"{stream}:dead")]
+    letters = [
+        parse_dead_letter(i.decode(), f) for i, f in await redis.xrange(dead_letter_key(stream))
+    ]
     assert sorted(json.loads(x.fields[b"data"])["n"] for x in letters) == poison
     assert all(x.error.startswith("DuplicateKeyError") for x in letters)
     assert await pending_count(redis, stream, "g") == 0

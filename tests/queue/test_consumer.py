@@ -22,12 +22,15 @@ from safesync_async import (
     QueueConsumer,
     QueueMessage,
     QueueProducer,
+    dead_letter_key,
     install_signal_handlers,
     parse_dead_letter,
 )
 
 from ..conftest import TableFactory
 from .helpers import EFFECTS, effect_counts, effect_writer, pending_count, wait_until
+
+pytestmark = pytest.mark.cluster  # also on a Redis Cluster (see tests/conftest.py)
 
 
 def _config(stream: str, name: str = "c1", **overrides: Any) -> QueueConfig:
@@ -44,7 +47,9 @@ def _config(stream: str, name: str = "c1", **overrides: Any) -> QueueConfig:
 
 
 async def _dead_letters(redis: Any, stream: str) -> list[Any]:
-    return [parse_dead_letter(i.decode(), f) for i, f in await redis.xrange(f"{stream}:dead")]
+    return [
+        parse_dead_letter(i.decode(), f) for i, f in await redis.xrange(dead_letter_key(stream))
+    ]
 
 
 async def _run_until(
@@ -125,7 +130,9 @@ async def test_failures_are_retried_and_dead_lettered(
 
     async def settled() -> bool:
         applied = (await effect_counts(engine, table))[1]
-        return applied == 300 - len(poison) and await redis.xlen(f"{stream}:dead") == len(poison)
+        return applied == 300 - len(poison) and await redis.xlen(dead_letter_key(stream)) == len(
+            poison
+        )
 
     started = time.monotonic()
     await _run_until([consumer], handler, settled, engine=engine)
@@ -306,7 +313,7 @@ async def test_handler_timeout_counts_as_failure(redis: Any, stream: str) -> Non
     consumer = QueueConsumer(redis, _config(stream, handler_timeout=0.05, max_deliveries=2))
 
     async def dead() -> bool:
-        return bool(await redis.xlen(f"{stream}:dead"))
+        return bool(await redis.xlen(dead_letter_key(stream)))
 
     await _run_until([consumer], slow, dead, timeout=20)
     [letter] = await _dead_letters(redis, stream)
@@ -405,7 +412,7 @@ async def test_database_outage_does_not_spend_deliveries(redis: Any, stream: str
     consumer.stop()
     await task
     await dead_engine.dispose()
-    assert await redis.xlen(f"{stream}:dead") == 0
+    assert await redis.xlen(dead_letter_key(stream)) == 0
     pending = await redis.xpending_range(stream, "workers", "-", "+", 10)
     assert len(pending) == 3
     assert all(r["times_delivered"] <= 1 for r in pending)

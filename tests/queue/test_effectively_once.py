@@ -226,6 +226,7 @@ async def test_relay_killed_between_publish_and_mark_sent(
     assert (rows, distinct_keys) == (300, 300)
 
 
+@pytest.mark.cluster
 async def test_failed_transaction_publishes_nothing(
     engine: AsyncEngine, make_table: TableFactory, redis: Any, stream: str, outbox: Outbox
 ) -> None:
@@ -254,6 +255,7 @@ async def test_failed_transaction_publishes_nothing(
     assert row is not None and row["entry_id"] == entry_id.decode() and row["sent_at"]
 
 
+@pytest.mark.cluster
 async def test_two_relays_publish_each_row_once_in_order(
     engine: AsyncEngine,
     make_table: TableFactory,

@@ -7,11 +7,14 @@ import asyncio
 import collections
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
 
 from safesync_async import QueueConfig, QueueConsumer, QueueMessage, QueueProducer
 
 from .helpers import pending_count, wait_until
+
+pytestmark = pytest.mark.cluster  # also on a Redis Cluster (see tests/conftest.py)
 
 
 async def test_slow_handler_is_not_claimed_by_another_consumer(redis: Redis, stream: str) -> None:

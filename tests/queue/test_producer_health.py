@@ -13,8 +13,11 @@ from safesync_async import (
     QueueConsumer,
     QueueProducer,
     UnsafeOperationError,
+    dead_letter_key,
     stream_health,
 )
+
+pytestmark = pytest.mark.cluster  # also on a Redis Cluster (see tests/conftest.py)
 
 
 async def test_publish_and_batch(redis: Any, stream: str) -> None:
@@ -67,8 +70,8 @@ async def test_health_report(redis: Any, stream: str) -> None:
     )
     message = await consumer.next(block_ms=10)
     assert message is not None
-    await redis.xadd(f"{stream}:dead", {"x": "1"})
-    health = await stream_health(redis, stream, dead_letter_stream=f"{stream}:dead")
+    await redis.xadd(dead_letter_key(stream), {"x": "1"})
+    health = await stream_health(redis, stream, dead_letter_stream=dead_letter_key(stream))
     assert health.exists and health.length == 10
     [group] = health.groups
     assert (group.name, group.pending, group.lag) == ("g", 1, 9)

@@ -79,7 +79,7 @@ def test_config_validation() -> None:
         with pytest.raises(ConfigurationError):
             QueueConfig(**{**good, **bad})
     config = QueueConfig(**good)
-    assert config.dead_letters == "s:dead"
+    assert config.dead_letters == "{s}:dead"
     assert config.read_ahead_limit(8) == 16
     assert QueueConfig(**good, prefetch=0).read_ahead_limit(8) == 8
     assert QueueConfig(stream_key="s", consumer_group="g").consumer_name

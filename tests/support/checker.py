@@ -15,7 +15,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -25,6 +24,8 @@ from safesync_async import (
     DeadLetterReason,
     Inbox,
     QueueMessage,
+    RedisClient,
+    dead_letter_key,
     parse_dead_letter,
 )
 
@@ -67,16 +68,16 @@ def message_key(stream: str, group: str, entry_id: str, fields: Mapping[bytes, b
 
 
 async def dead_letters(
-    redis: Redis, stream: str, dead_letter_stream: str | None = None
+    redis: RedisClient, stream: str, dead_letter_stream: str | None = None
 ) -> list[DeadLetter]:
-    """Every entry of the dead-letter stream (``<stream>:dead`` by default), parsed."""
+    """Every entry of the dead-letter stream (:func:`dead_letter_key` by default), parsed."""
     raw: list[tuple[bytes, dict[bytes, bytes]]] = await redis.xrange(  # type: ignore[assignment]
-        dead_letter_stream or f"{stream}:dead"
+        dead_letter_stream or dead_letter_key(stream)
     )
     return [parse_dead_letter(_text(entry_id), fields) for entry_id, fields in raw]
 
 
-async def add_entry(redis: Redis, stream: str, fields: Mapping[bytes, bytes]) -> str:
+async def add_entry(redis: RedisClient, stream: str, fields: Mapping[bytes, bytes]) -> str:
     """XADD raw fields (poison, hand-made entries); the new entry's id."""
     return _text(await redis.xadd(stream, cast(Any, dict(fields))))
 
@@ -120,7 +121,7 @@ class DeliveryCounts:
 
 
 async def count_delivery(
-    redis: Redis,
+    redis: RedisClient,
     engine: AsyncEngine,
     *,
     stream: str,
@@ -182,7 +183,7 @@ async def count_delivery(
     )
 
 
-async def _pending_ids(redis: Redis, stream: str, group: str) -> set[str]:
+async def _pending_ids(redis: RedisClient, stream: str, group: str) -> set[str]:
     ids: set[str] = set()
     start = "-"
     while True:

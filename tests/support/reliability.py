@@ -67,6 +67,27 @@ FAMILIES: Mapping[str, Family] = {
             "left_pending",
         ),
     ),
+    "Redis Cluster failover": Family(
+        "A private Redis Cluster (3 masters, 3 replicas, cluster-node-timeout 2 s, AOF) "
+        "whose master serving the stream is SIGKILLed or failed over (CLUSTER FAILOVER) "
+        "while a producer publishes one message at a time (retrying a failed publication "
+        "with the same idempotency key until it is confirmed) and a consumer with an inbox "
+        "applies them. *messages*: confirmed publications. *missing entries*: confirmed "
+        "entries the promoted replica never received (Redis's own loss window: a master "
+        "acknowledges an XADD before replicating it). *lost*: confirmed and never applied. "
+        "*outage s*: from the fault to the next confirmed publication. With *wait replicas* "
+        "1 a publication is confirmed only once the replica has it (WAIT).",
+        (
+            "messages",
+            "wait_replicas",
+            "outage_s",
+            "missing_entries",
+            "lost",
+            "duplicate_effects",
+            "dead_lettered",
+            "left_pending",
+        ),
+    ),
     "Contention": Family(
         "Concurrent writers on a few hot rows. Money must be conserved and every balance "
         "must equal its opening balance plus the committed transfers. *lost updates* is "
