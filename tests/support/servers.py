@@ -62,8 +62,11 @@ class _PrivateServer:
             self.process.wait(10)
 
     def pause(self) -> None:
+        """SIGSTOP, returning once the process is stopped (a signal to a process running
+        on another CPU takes effect a moment later: it could still answer meanwhile)."""
         assert self.process is not None
         os.kill(self.process.pid, signal.SIGSTOP)
+        _wait_stopped(self.process.pid)
 
     def resume(self) -> None:
         if self._running():
@@ -229,9 +232,13 @@ class PrivatePostgres(_PrivateServer):
         if self.process is None or self.process.poll() is not None:
             return
         os.kill(self.process.pid, sig)
-        for pid in _children(self.process.pid):
+        children = _children(self.process.pid)
+        for pid in children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
+        if sig == signal.SIGSTOP:
+            for pid in [self.process.pid, *children]:
+                _wait_stopped(pid)
 
     def pause(self) -> None:
         self._signal_all(signal.SIGSTOP)
@@ -258,3 +265,16 @@ def _children(parent: int) -> list[int]:
         if int(fields[1]) == parent:
             found.append(int(stat.parent.name))
     return found
+
+
+def _wait_stopped(pid: int, timeout: float = 2.0) -> None:
+    """Wait until ``pid`` is in the stopped state (or gone)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return
+        if state in ("T", "t", "Z", "X"):
+            return
+        time.sleep(0.001)
