@@ -50,6 +50,11 @@ VARIANTS = (
         "safesync", 1, 32, deferred=True,
     ),
     ConsumerVariant(
+        "safesync-p1-c32-ordered",
+        "safesync_async, 1 proc x concurrency 32, key-ordered by account",
+        "safesync-ordered", 1, 32,
+    ),
+    ConsumerVariant(
         "safesync-batch", "safesync_async batch mode (batch 10, concurrency 8), 1 proc",
         "safesync", 1, 8, batch_size=10,
     ),
@@ -76,6 +81,7 @@ RATIOS = (
     ("safesync 1 proc c=32, deferred write / raw ceiling", "safesync-p1-c32-deferred", "raw", 0.6),
     ("runner 1 proc / plain consumer 1 proc (c=32)", "runner-p1", "safesync-p1-c32", 0.95),
     ("runner 2 proc / plain consumer 2 proc (c=32)", "runner-p2", "safesync-p2-c32", 0.95),
+    ("key-ordered / unordered, 1 proc c=32", "safesync-p1-c32-ordered", "safesync-p1-c32", 0.8),
     ("batch mode / raw ceiling", "safesync-batch", "raw", 1.5),
     ("batch mode, deferred writes / raw ceiling", "safesync-batch-deferred", "raw", 1.5),
 )

@@ -20,7 +20,7 @@ RESULT = "bench-worker-result "
 class WorkerSpec:
     """One consumer process to start."""
 
-    kind: str  # "safesync", "runner", "seed" or "raw"
+    kind: str  # "safesync", "safesync-ordered", "runner", "seed" or "raw"
     stream: str
     group: str
     consumer: str

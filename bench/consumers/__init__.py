@@ -13,6 +13,10 @@ def make_variant(spec: WorkerSpec) -> Variant:
         from .safesync import SafesyncConsumer
 
         return SafesyncConsumer(spec)
+    if spec.kind == "safesync-ordered":
+        from .ordered import KeyOrderedConsumer
+
+        return KeyOrderedConsumer(spec)
     if spec.kind == "seed":
         from .seed import SeedConsumer
 

@@ -33,6 +33,7 @@ class AckBatcher:
         self._backoff = backoff
         self._recorder = recorder
         self._ids: list[str] = []
+        self._sending: list[str] = []
         self._wakeup = asyncio.Event()
         self._closing = False
 
@@ -40,6 +41,10 @@ class AckBatcher:
     def waiting(self) -> int:
         """Committed messages whose ack has not been confirmed yet."""
         return len(self._ids)
+
+    def __contains__(self, entry_id: object) -> bool:
+        """Whether the entry committed and its ack is not confirmed yet."""
+        return entry_id in self._ids or entry_id in self._sending
 
     def add(self, entry_id: str) -> None:
         self._ids.append(entry_id)
@@ -62,6 +67,7 @@ class AckBatcher:
 
     async def flush_once(self) -> None:
         ids, self._ids = self._ids, []
+        self._sending = ids
         started = time.perf_counter()
         try:
             failpoint("ack.before")
@@ -78,6 +84,8 @@ class AckBatcher:
         except BaseException:
             self._ids[:0] = ids
             raise
+        finally:
+            self._sending = []
         self._backoff.reset()
         if acked < len(ids):
             _log.warning(

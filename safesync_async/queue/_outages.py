@@ -62,6 +62,10 @@ class DatabaseOutage:
             self._backoff.reset()
             self._retry_at = 0.0
 
+    def remaining(self) -> float:
+        """Seconds until reads may resume (0 once they may)."""
+        return max(0.0, self._retry_at - time.monotonic())
+
     async def wait(self) -> None:
         """Return once reads may resume."""
         delay = self._retry_at - time.monotonic()

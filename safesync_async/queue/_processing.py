@@ -1,15 +1,16 @@
 """What happens to an admitted message: handled in its own transaction (or a batch's),
 acked once the COMMIT is confirmed, or kept pending as a failure, an unknown outcome or a
-database outage."""
+database outage; and what each delivery's outcome means for its retry."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, Protocol, cast
 
 from .. import tracing
 from .._failpoints import failpoint
@@ -24,7 +25,8 @@ from ..db.session import (
 from ..errors import CommitOutcomeUnknownError, QueueError
 from ..metrics import RegistryArg, metrics_for
 from ._acks import AckBatcher
-from ._admission import Admission
+from ._admission import Admission, SetAside
+from ._keys import ScheduledKey
 from ._outages import DatabaseOutage, is_database_outage
 from ._statistics import ConsumerRecorder
 from ._streams import Delivery, StreamOperations
@@ -32,7 +34,7 @@ from .config import QueueConfig
 from .dead_letters import DeadLetterReason
 from .models import QueueMessage
 
-__all__ = ["DbHandler", "Handler", "InboxStore", "MessageProcessor"]
+__all__ = ["DbHandler", "Handler", "InboxStore", "KeyLookup", "MessageProcessor", "Outcome"]
 
 _log = logging.getLogger("safesync_async.queue.consumer")
 
@@ -43,7 +45,24 @@ DbHandler = Callable[[QueueMessage[Any], DbSession], Awaitable[None]]
 _RETRY_BASE_DELAY = 0.005
 _RETRY_MAX_DELAY = 0.2
 _NO_CONTEXT = contextlib.nullcontext()  # reusable: "no span", "no time limit"
-_T = TypeVar("_T")
+
+
+class Outcome(enum.Enum):
+    """What became of a delivery a worker took."""
+
+    DONE = "done"  # committed (acked) or dead-lettered: nothing more to do
+    FAILED = "failed"  # the handler failed: an attempt was spent
+    KEPT = "kept"  # not settled, no attempt spent: an outage, an unknown COMMIT outcome,
+    # a dead letter Redis refused, or not started because its key's earlier message failed
+
+
+_SET_ASIDE = {SetAside.DEAD_LETTERED: Outcome.DONE, SetAside.KEPT: Outcome.KEPT}
+
+
+class KeyLookup(Protocol):
+    """The ordering keys deliveries were scheduled by (key-ordered mode)."""
+
+    def key(self, delivery: Delivery) -> ScheduledKey: ...
 
 
 class InboxStore(Protocol):
@@ -55,7 +74,9 @@ class InboxStore(Protocol):
 
 
 class MessageProcessor:
-    """Handles the deliveries of one run; committed ones go to ``acks``."""
+    """Handles the deliveries of one run; committed ones go to ``acks``. With ``keys``
+    (key-ordered mode) a message is never started after an earlier message of its key
+    failed in the same batch."""
 
     def __init__(
         self,
@@ -69,6 +90,7 @@ class MessageProcessor:
         inbox: InboxStore | None,
         registry: RegistryArg,
         on_fatal: Callable[[BaseException], None],
+        keys: KeyLookup | None = None,
     ) -> None:
         self.config = config
         self._streams = streams
@@ -80,43 +102,107 @@ class MessageProcessor:
         self._registry = registry
         self._metrics = metrics_for(registry)
         self._on_fatal = on_fatal
+        self._keys = keys
         self._operation = f"consume:{config.stream_key}"
         self._sessions: SessionFactory | None = None
 
-    async def process(
-        self, delivery: Delivery, handler: DbHandler | Handler, lease: ConnectionLease | None
-    ) -> None:
-        message = await self._admission.admit(delivery)
-        if message is not None:
-            await self._process_admitted(delivery, message, handler, lease)
+    async def handle(
+        self, batch: list[Delivery], handler: DbHandler | Handler, lease: ConnectionLease | None
+    ) -> list[Outcome]:
+        """Handle what a worker took: with an engine and several deliveries, as one batch
+        (one transaction); else one after another. One outcome per delivery, in order."""
+        if len(batch) > 1 and lease is not None:
+            return await self._batch(batch, handler, lease)
+        return await self._in_order(batch, None, handler, lease)
 
-    async def process_batch(
+    async def _in_order(
+        self,
+        batch: Sequence[Delivery],
+        messages: Sequence[QueueMessage[Any]] | None,
+        handler: DbHandler | Handler,
+        lease: ConnectionLease | None,
+    ) -> list[Outcome]:
+        """One by one (``messages``: already admitted). Under key ordering a delivery whose
+        key already failed here is not started: it waits for that one (KEPT)."""
+        outcomes = []
+        failed_keys: set[bytes] = set()
+        for index, delivery in enumerate(batch):
+            key = self._key(delivery)
+            if key is not None and key in failed_keys:
+                outcomes.append(Outcome.KEPT)
+                continue
+            if messages is None:
+                outcome = await self._process(delivery, handler, lease)
+            else:
+                outcome = await self._process_admitted(delivery, messages[index], handler, lease)
+            if outcome is not Outcome.DONE and key is not None:
+                failed_keys.add(key)
+            outcomes.append(outcome)
+        return outcomes
+
+    def _key(self, delivery: Delivery) -> bytes | None:
+        """The ordering key the delivery was scheduled by (None: not ordered)."""
+        if self._keys is None:
+            return None
+        key = self._keys.key(delivery)
+        return key if isinstance(key, bytes) else None
+
+    async def _screen(self, delivery: Delivery) -> QueueMessage[Any] | SetAside:
+        if self._keys is None:
+            return await self._admission.screen(delivery)
+        return await self._admission.screen(delivery, self._keys.key(delivery))
+
+    async def _process(
+        self, delivery: Delivery, handler: DbHandler | Handler, lease: ConnectionLease | None
+    ) -> Outcome:
+        screened = await self._screen(delivery)
+        if isinstance(screened, SetAside):
+            return _SET_ASIDE[screened]
+        return await self._process_admitted(delivery, screened, handler, lease)
+
+    async def _batch(
         self, batch: list[Delivery], handler: DbHandler | Handler, lease: ConnectionLease
-    ) -> None:
+    ) -> list[Outcome]:
         """Batch mode: all messages in one transaction, one COMMIT, acks together. If the
         batch fails, it is rolled back and its messages are handled one by one, so one
-        bad message costs the batch a retry, not the others their delivery."""
-        admitted = []
-        for delivery in batch:
-            message = await self._admission.admit(delivery)
-            if message is not None:
-                admitted.append((delivery, message))
+        bad message costs the batch a retry, not the others their delivery. The batch
+        holds a key's messages in stream order; under key ordering a message whose
+        predecessor in the batch could not be set aside waits (KEPT)."""
+        outcomes = [Outcome.DONE] * len(batch)
+        admitted: list[tuple[int, QueueMessage[Any]]] = []
+        blocked: set[bytes] = set()
+        for index, delivery in enumerate(batch):
+            key = self._key(delivery)
+            if key is not None and key in blocked:
+                outcomes[index] = Outcome.KEPT
+                continue
+            screened = await self._screen(delivery)
+            if isinstance(screened, QueueMessage):
+                admitted.append((index, screened))
+                continue
+            outcomes[index] = _SET_ASIDE[screened]
+            if screened is SetAside.KEPT and key is not None:
+                blocked.add(key)
         if not admitted:
-            return
-        deliveries = [delivery for delivery, _ in admitted]
+            return outcomes
+        deliveries = [batch[index] for index, _ in admitted]
         messages = [message for _, message in admitted]
         started = time.perf_counter()
         try:
             await self._transactions(deliveries, messages, handler, lease)
         except Exception as exc:
             if is_database_outage(exc, lease) or isinstance(exc, CommitOutcomeUnknownError):
-                await self._failed(deliveries, exc, lease)  # nothing to learn one by one
-                return
+                await self._not_settled(deliveries, exc, lease)  # nothing to learn one by one
+                for index, _ in admitted:
+                    outcomes[index] = Outcome.KEPT
+                return outcomes
             _log.info("batch of %d failed (%r); handling its messages one by one", len(batch), exc)
-            for delivery, message in admitted:
-                await self._process_admitted(delivery, message, handler, lease)
+            singles = await self._in_order(deliveries, messages, handler, lease)
+            for (index, _), outcome in zip(admitted, singles, strict=True):
+                outcomes[index] = outcome
         finally:
             self._recorder.record_handler_time(time.perf_counter() - started)
+        return outcomes
 
     # -- one message -------------------------------------------------------------------
 
@@ -126,7 +212,7 @@ class MessageProcessor:
         message: QueueMessage[Any],
         handler: DbHandler | Handler,
         lease: ConnectionLease | None,
-    ) -> None:
+    ) -> Outcome:
         started = time.perf_counter()
         try:
             with self._message_span(message):
@@ -135,9 +221,10 @@ class MessageProcessor:
                 else:
                     await self._transactions((delivery,), (message,), handler, lease)
         except Exception as exc:
-            await self._failed([delivery], exc, lease)
+            return await self._failed(delivery, exc, lease)
         finally:
             self._recorder.record_handler_time(time.perf_counter() - started)
+        return Outcome.DONE
 
     async def _transactions(
         self,
@@ -251,17 +338,23 @@ class MessageProcessor:
     # -- failures ----------------------------------------------------------------------
 
     async def _failed(
+        self, delivery: Delivery, exc: Exception, lease: ConnectionLease | None
+    ) -> Outcome:
+        """Nothing was committed (or the outcome is unknown): keep the entry pending, as
+        an outage, an unknown outcome or the handler's failure."""
+        if is_database_outage(exc, lease) or isinstance(exc, CommitOutcomeUnknownError):
+            await self._not_settled([delivery], exc, lease)
+            return Outcome.KEPT
+        return await self._handler_failed(delivery, exc)
+
+    async def _not_settled(
         self, deliveries: Sequence[Delivery], exc: Exception, lease: ConnectionLease | None
     ) -> None:
-        """Nothing was committed (or the outcome is unknown): keep the entries pending, as
-        an outage, an unknown outcome or the handler's failure."""
+        """A database outage or an unknown COMMIT outcome: not the messages' fault."""
         if is_database_outage(exc, lease):
             await self._database_unavailable(deliveries, exc)
-        elif isinstance(exc, CommitOutcomeUnknownError):
-            self._outcome_unknown(deliveries, exc)
         else:
-            for delivery in deliveries:
-                await self._handler_failed(delivery, exc)
+            self._outcome_unknown(deliveries, exc)
 
     async def _database_unavailable(self, deliveries: Sequence[Delivery], exc: Exception) -> None:
         """The database, not the message, failed: keep the entries pending without
@@ -292,7 +385,7 @@ class MessageProcessor:
             exc,
         )
 
-    async def _handler_failed(self, delivery: Delivery, exc: Exception) -> None:
+    async def _handler_failed(self, delivery: Delivery, exc: Exception) -> Outcome:
         self._recorder.record_failure()
         error = f"{type(exc).__name__}: {exc}"
         self._admission.remember_error(delivery.id, error)
@@ -306,6 +399,8 @@ class MessageProcessor:
         )
         limit = self.config.max_deliveries
         if limit is not None and delivery.delivery_count >= limit:
-            await self._admission.dead_letter(delivery, DeadLetterReason.HANDLER_FAILED, error)
+            if await self._admission.dead_letter(delivery, DeadLetterReason.HANDLER_FAILED, error):
+                return Outcome.DONE
         elif self.config.stop_on_error:
             self._on_fatal(exc)
+        return Outcome.FAILED

@@ -23,6 +23,7 @@ from ._acks import AckBatcher
 from ._admission import Admission
 from ._backoff import Backoff
 from ._in_flight import InFlight
+from ._ordering import KeyedDispatch
 from ._outages import DatabaseOutage
 from ._policy import StreamPolicy
 from ._processing import DbHandler, Handler, InboxStore, MessageProcessor
@@ -91,7 +92,11 @@ class ConsumerRun:
         self._read_new = read_new
         self._claim = claim
         self._concurrency = effective_concurrency(config.concurrency, engine)
-        self.in_flight = InFlight(config.read_ahead_limit(self._concurrency), parts.recorder)
+        keyed = KeyedDispatch(config, parts.outage) if config.ordering == "key" else None
+        self.in_flight = InFlight(config.read_ahead_limit(self._concurrency), parts.recorder, keyed)
+        self._own_pending_read = asyncio.Event()  # key ordering: then the claim loop starts
+        if keyed is None or not read_new:
+            self._own_pending_read.set()
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         self.acks = AckBatcher(parts.streams, parts.backoff(), parts.recorder)
@@ -105,6 +110,7 @@ class ConsumerRun:
             inbox=parts.inbox,
             registry=parts.registry,
             on_fatal=self.fail,
+            keys=keyed,
         )
         self._draining = False
         self._failure: BaseException | None = None
@@ -239,13 +245,10 @@ class ConsumerRun:
     async def _hand_back_unfinished(self) -> None:
         """Entries still pending for this consumer and not being acked (read ahead and
         never started, or lost in a cancelled read) become claimable by others now."""
-        failed_here = self.parts.admission.failed_here
         try:
-            pending = [
-                entry
-                for entry in await self._streams.own_pending(_HAND_BACK_LIMIT)
-                if not failed_here(entry.id)  # retried after min idle
-            ]
+            pending = self.in_flight.dispatch.to_hand_back(
+                await self._streams.own_pending(_HAND_BACK_LIMIT), self.parts.admission.failed_here
+            )
             await self._streams.hand_back(pending)
         except QueueError as exc:
             _log.warning("could not hand back unfinished entries: %s", exc)
@@ -258,7 +261,8 @@ class ConsumerRun:
 
     async def _read_loop(self) -> None:
         """Fill free capacity: own pending entries first (at start, after reconnects),
-        then new ones, in batches sized to what is free."""
+        then new ones, in batches sized to what is free. Entries held, or committed and
+        waiting for their ack, are not taken twice."""
         backoff = self.parts.backoff()
         cursor: str | None = "0"
         while True:
@@ -268,7 +272,10 @@ class ConsumerRun:
                 if cursor is not None:
                     deliveries = await self._streams.read_own_pending(cursor, free)
                     cursor = deliveries[-1].id if deliveries else None
-                    deliveries = [d for d in deliveries if d.id not in self.in_flight]
+                    held, acks = self.in_flight, self.acks
+                    deliveries = [d for d in deliveries if d.id not in held and d.id not in acks]
+                    if cursor is None:
+                        self._own_pending_read.set()
                 else:
                     deliveries = await self._receive(free)
             except QueueError as exc:
@@ -294,6 +301,7 @@ class ConsumerRun:
         ``interval_ms`` after each complete pass (or when at capacity)."""
         backoff = self.parts.backoff()
         cursor = "0-0"
+        await self._own_pending_read.wait()
         while True:
             await self.parts.outage.wait()
             free = min(self.in_flight.free, claim.count)
@@ -370,14 +378,11 @@ class ConsumerRun:
                 if first is None or self._draining:
                     return  # unstarted entries stay pending and are handed back
                 batch = in_flight.take_batch(first, self.config.batch_size)
+                outcomes = None
                 try:
-                    if len(batch) == 1 or lease is None:
-                        for delivery in batch:
-                            await self._processor.process(delivery, self._handler, lease)
-                    else:
-                        await self._processor.process_batch(batch, self._handler, lease)
+                    outcomes = await self._processor.handle(batch, self._handler, lease)
                 finally:
-                    in_flight.finished(batch)
+                    in_flight.finished(batch, outcomes)
         finally:
             if lease is not None:
                 await lease.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -11,6 +12,7 @@ from .._validation import check_int, check_seconds
 from ..errors import ConfigurationError
 from .codec import Codec, JsonCodec
 from .keys import dead_letter_key
+from .models import QueueMessage
 
 __all__ = ["QueueConfig"]
 
@@ -49,6 +51,22 @@ class QueueConfig:
             this many waiting messages in one transaction, with one COMMIT and one
             XACK. A failing batch is rolled back and its messages handled one by one.
             With an inbox, a batch redelivered after a crash is still applied once.
+        ordering: ``"none"``: messages are handled concurrently, in any order.
+            ``"key"``: messages with the same ordering key are handled one at a time,
+            in stream order, by this consumer; different keys run concurrently. A
+            failed message is retried in place and its key's later messages wait for
+            it. The key is the entry's ``ordering_key`` field (set by
+            ``QueueProducer.publish(..., key=...)``) or ``ordering_key(message)``;
+            messages without a key have no ordering constraint.
+        ordering_key: with ``ordering="key"``, a function of the decoded message that
+            returns its key (bytes or str; ``None`` or empty: no key), instead of the
+            ``ordering_key`` field. Called when the entry is read; keep it cheap and
+            deterministic. It may raise MessageDecodeError for an entry that cannot be
+            keyed (dead-lettered as undecodable); any other exception stops the
+            consumer, as a bug in a codec does.
+        ordering_retry_delay: with ``ordering="key"``, seconds before a failed message
+            is retried in place; doubles with each further attempt (with jitter).
+        ordering_retry_max_delay: the longest of those delays.
         start_id: where a newly created group starts; ``"0"`` consumes the backlog,
             ``"$"`` only new entries.
         max_deliveries: after this many failed deliveries an entry goes to the
@@ -99,6 +117,10 @@ class QueueConfig:
     concurrency: int = 16
     prefetch: int | None = None
     batch_size: int = 1
+    ordering: Literal["none", "key"] = "none"
+    ordering_key: Callable[[QueueMessage[Any]], bytes | str | None] | None = None
+    ordering_retry_delay: float = 0.5
+    ordering_retry_max_delay: float = 30.0
     start_id: str = "0"
     max_deliveries: int | None = 5
     dead_letter_stream: str | None = None
@@ -126,8 +148,15 @@ class QueueConfig:
         for name, minimum in _OPTIONAL_INTS.items():
             if getattr(self, name) is not None:
                 check_int(f"QueueConfig.{name}", getattr(self, name), minimum=minimum)
-        for name in ("drain_timeout", "reconnect_initial_delay", "reconnect_max_delay"):
+        for name in (
+            "drain_timeout",
+            "reconnect_initial_delay",
+            "reconnect_max_delay",
+            "ordering_retry_delay",
+            "ordering_retry_max_delay",
+        ):
             check_seconds(f"QueueConfig.{name}", getattr(self, name))
+        self._check_ordering()
         check_seconds("QueueConfig.handler_timeout", self.handler_timeout, allow_none=True)
         check_seconds("QueueConfig.startup_timeout", self.startup_timeout, allow_none=True)
         if self.on_missing_group not in ("recreate", "fail"):
@@ -144,6 +173,22 @@ class QueueConfig:
             raise ConfigurationError("dead_letter_stream must differ from stream_key")
         if self.dead_letter_stream is None:
             dead_letter_key(self.stream_key)  # refuses names no derived key can follow
+
+    def _check_ordering(self) -> None:
+        if self.ordering not in ("none", "key"):
+            raise ConfigurationError("QueueConfig.ordering must be 'none' or 'key'")
+        if self.ordering_key is not None:
+            if not callable(self.ordering_key):
+                raise ConfigurationError("QueueConfig.ordering_key must be a function")
+            if self.ordering != "key":
+                raise ConfigurationError(
+                    "QueueConfig.ordering_key only takes effect with ordering='key'; "
+                    "set ordering='key' (or drop ordering_key)"
+                )
+        if self.ordering_retry_max_delay < self.ordering_retry_delay:
+            raise ConfigurationError(
+                "QueueConfig.ordering_retry_max_delay must not be below ordering_retry_delay"
+            )
 
     @property
     def dead_letters(self) -> str:

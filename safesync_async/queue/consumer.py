@@ -63,6 +63,10 @@ class QueueConsumer:
       entries this consumer holds are kept from looking idle as long as it owns them.
     * **A vanished group** (or a stream deleted under a blocking read) is recreated
       (counted) or reported, per ``on_missing_group``.
+    * **Key ordering, on request.** With ``ordering="key"`` messages with the same
+      ordering key are handled one at a time, in stream order, within this consumer,
+      while different keys run concurrently; a failed message is retried in place and
+      its key's later messages wait for it.
     * **Graceful stop.** :meth:`stop` (or SIGTERM via ``install_signal_handlers``):
       no new reads, running handlers get ``drain_timeout`` seconds, every committed
       entry is acked, entries read but not started are handed back so other consumers

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from .. import tracing
@@ -15,7 +15,7 @@ from ._publishing import ReplicationWait, add_entries
 from ._streams import read_groups, text
 from .client import RedisClient
 from .codec import Codec, JsonCodec
-from .models import IDEMPOTENCY_KEY_FIELD
+from .models import IDEMPOTENCY_KEY_FIELD, ORDERING_KEY_FIELD, ordering_key_bytes
 
 __all__ = ["QueueProducer", "safe_trim_boundary"]
 
@@ -72,9 +72,13 @@ class QueueProducer:
         *,
         idempotency_key: str | None = None,
         headers: Mapping[str, str] | None = None,
+        key: str | bytes | None = None,
     ) -> dict[bytes, bytes]:
-        """The entry fields for ``payload``: codec output, idempotency key, extra headers."""
+        """The entry fields for ``payload``: codec output, idempotency key, ordering key,
+        extra headers."""
         fields = self._codec.encode(payload)
+        if key is not None:
+            fields[ORDERING_KEY_FIELD] = _ordering_key(key)
         if idempotency_key is not None:
             if not idempotency_key:
                 raise ConfigurationError(
@@ -83,10 +87,10 @@ class QueueProducer:
                 )
             fields[IDEMPOTENCY_KEY_FIELD] = idempotency_key.encode("utf-8", "surrogateescape")
         for name, value in (headers or {}).items():
-            key = name.encode("utf-8")
-            if key in fields:
+            field = name.encode("utf-8")
+            if field in fields:
                 raise ConfigurationError(f"header {name!r} collides with a payload field")
-            fields[key] = value.encode("utf-8")
+            fields[field] = value.encode("utf-8")
         if self._trace_context:
             tracing.inject_context(fields)
         return fields
@@ -97,25 +101,48 @@ class QueueProducer:
         *,
         idempotency_key: str | None = None,
         headers: Mapping[str, str] | None = None,
+        key: str | bytes | None = None,
     ) -> str:
-        """Add one entry; returns its id. With ``wait_replicas``, :class:`ReplicationError`
-        if too few replicas acknowledged it in time (it was added, though)."""
+        """Add one entry; returns its id. ``key`` is its ordering key (entry field
+        ``ordering_key``): consumers with ``ordering="key"`` handle the entries of one
+        key one at a time, in stream order. With ``wait_replicas``,
+        :class:`ReplicationError` if too few replicas acknowledged it in time (it was
+        added, though)."""
         with tracing.messaging_span("publish", self.stream_key, count=1):
-            fields = self.fields_for(payload, idempotency_key=idempotency_key, headers=headers)
+            fields = self.fields_for(
+                payload, idempotency_key=idempotency_key, headers=headers, key=key
+            )
             [entry_id] = await self._add([fields], "XADD")
         return entry_id
 
-    async def publish_batch(self, payloads: Iterable[Any], *, chunk_size: int = 500) -> list[str]:
+    async def publish_batch(
+        self,
+        payloads: Iterable[Any],
+        *,
+        chunk_size: int = 500,
+        keys: Sequence[str | bytes | None] | None = None,
+    ) -> list[str]:
         """Add many entries with pipelined XADDs (one round trip per ``chunk_size``);
-        returns their ids in order. Not atomic: on an error, the ids added so far are
-        lost to the caller, so give entries idempotency keys if you may retry. With
-        ``wait_replicas`` each chunk waits once, and a :class:`ReplicationError` carries
-        the ids of its chunk."""
+        returns their ids in order. ``keys``: one ordering key (or None) per payload.
+        Not atomic: on an error, the ids added so far are lost to the caller, so give
+        entries idempotency keys if you may retry. With ``wait_replicas`` each chunk
+        waits once, and a :class:`ReplicationError` carries the ids of its chunk."""
         check_int("chunk_size", chunk_size, minimum=1)
+        pairs: Iterable[tuple[Any, str | bytes | None]]
+        if keys is None:
+            pairs = ((payload, None) for payload in payloads)
+        else:
+            payloads = list(payloads)
+            if len(payloads) != len(keys):
+                raise ConfigurationError(
+                    f"publish_batch got {len(payloads)} payloads and {len(keys)} keys; "
+                    "pass one key (or None) per payload"
+                )
+            pairs = zip(payloads, keys, strict=True)
         ids: list[str] = []
-        chunk: list[Any] = []
-        for payload in payloads:
-            chunk.append(payload)
+        chunk: list[tuple[Any, str | bytes | None]] = []
+        for pair in pairs:
+            chunk.append(pair)
             if len(chunk) >= chunk_size:
                 ids.extend(await self._publish_chunk(chunk))
                 chunk = []
@@ -123,9 +150,9 @@ class QueueProducer:
             ids.extend(await self._publish_chunk(chunk))
         return ids
 
-    async def _publish_chunk(self, payloads: list[Any]) -> list[str]:
-        with tracing.messaging_span("publish", self.stream_key, count=len(payloads)):
-            return await self._add_many([self.fields_for(p) for p in payloads])
+    async def _publish_chunk(self, chunk: list[tuple[Any, str | bytes | None]]) -> list[str]:
+        with tracing.messaging_span("publish", self.stream_key, count=len(chunk)):
+            return await self._add_many([self.fields_for(p, key=k) for p, k in chunk])
 
     async def add_fields(self, entries: Iterable[Mapping[bytes, bytes]]) -> list[str]:
         """Add ready-made field maps (e.g. replayed dead letters), pipelined."""
@@ -209,6 +236,18 @@ async def safe_trim_boundary(redis: RedisClient, stream: str) -> str | None:
         if boundary is None or _id_key(needed) < _id_key(boundary):
             boundary = needed
     return boundary
+
+
+def _ordering_key(key: str | bytes) -> bytes:
+    try:
+        encoded = ordering_key_bytes(key)
+    except TypeError as exc:
+        raise ConfigurationError(f"{exc}; pass str(...) for numbers") from None
+    if encoded is None:
+        raise ConfigurationError(
+            "an ordering key must not be empty; pass None for a message without one"
+        )
+    return encoded
 
 
 def _id_key(entry_id: str) -> tuple[int, int]:

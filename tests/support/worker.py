@@ -1,7 +1,7 @@
 """A consumer or an outbox relay as a separate process, for tests that kill it.
 
     python -m tests.support.worker consumer --stream S --group G --effects T [--inbox I]
-        [--hang-ms MS] [--graceful --drain-timeout S] [--max-deliveries N]
+        [--hang-ms MS] [--graceful --drain-timeout S] [--max-deliveries N] [--ordering key]
     python -m tests.support.worker relay --outbox O
 
 Failpoints come from SAFESYNC_FAILPOINTS (see safesync_async._failpoints). The process
@@ -60,6 +60,7 @@ async def consume(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         max_deliveries=args.max_deliveries,
         drain_timeout=args.drain_timeout,
+        ordering=args.ordering,
     )
     inbox = Inbox(args.inbox) if args.inbox else None
     consumer = QueueConsumer(redis, config, inbox=inbox, registry=None)
@@ -102,6 +103,7 @@ def main() -> None:
     c.add_argument("--graceful", action="store_true")
     c.add_argument("--drain-timeout", type=float, default=30.0)
     c.add_argument("--max-deliveries", type=int, default=5)
+    c.add_argument("--ordering", choices=["none", "key"], default="none")
     r = sub.add_parser("relay")
     r.add_argument("--outbox", required=True)
     r.add_argument("--batch-size", type=int, default=50)
