@@ -291,3 +291,15 @@ class UnsafeOperationError(QueueError):
     """Refused because it would drop entries not yet acknowledged, e.g.
     ``QueueProducer.trim(max_length, strict=True)`` when unacknowledged entries are in the
     way (without ``strict``, the trim stops short of them instead)."""
+
+
+class PartitionLeaseLostError(QueueError):
+    """A partitioned consumer no longer holds the lease of a partition it was consuming
+    (it expired during a pause or a network partition, or another consumer took it): it
+    stops consuming that partition; whatever it had not committed is the new owner's."""
+
+
+class PartitionFencedError(PartitionLeaseLostError):
+    """A transaction was refused because its partition has a newer owner: the epoch the
+    handler's consumer acquired the partition with was superseded. Nothing it did is
+    committed; the message is left to the new owner, and no delivery is spent."""

@@ -180,6 +180,25 @@ class Metrics:
             ["stream"],
             registry=r,
         )
+        self.partition_rebalances = Counter(
+            "safesync_queue_partition_rebalances_total",
+            "Partitions a partitioned consumer took (acquired) or gave up (released), by event.",
+            ["stream", "group", "event"],
+            registry=r,
+        )
+        self.partition_lease_losses = Counter(
+            "safesync_queue_partition_lease_losses_total",
+            "Partition leases lost without being given up (expired during a pause or an "
+            "outage, or taken by another consumer).",
+            ["stream", "group"],
+            registry=r,
+        )
+        self.fenced_commits = Counter(
+            "safesync_queue_fenced_commits_total",
+            "Transactions refused because their partition had a newer owner (fencing).",
+            ["stream", "group"],
+            registry=r,
+        )
         self.outbox_relayed = Counter(
             "safesync_queue_outbox_relayed_total",
             "Outbox rows published to their streams by an OutboxRelay.",

@@ -19,6 +19,16 @@ from .inbox import Inbox
 from .keys import dead_letter_key
 from .models import QueueMessage
 from .outbox import Outbox, OutboxRelay, OutboxStatus
+from .partitions import (
+    EpochFence,
+    PartitionedConsumer,
+    PartitionedProducer,
+    PartitionedStream,
+    PartitionOwnership,
+    PartitionStatus,
+    partition_for,
+    partition_status,
+)
 from .producer import QueueProducer
 from .readiness import ConsumerReadiness
 from .signals import install_signal_handlers
@@ -30,12 +40,18 @@ __all__ = [
     "ConsumerStatistics",
     "DeadLetter",
     "DeadLetterReason",
+    "EpochFence",
     "GroupHealth",
     "Inbox",
     "JsonCodec",
     "Outbox",
     "OutboxRelay",
     "OutboxStatus",
+    "PartitionOwnership",
+    "PartitionStatus",
+    "PartitionedConsumer",
+    "PartitionedProducer",
+    "PartitionedStream",
     "QueueConfig",
     "QueueConsumer",
     "QueueMessage",
@@ -49,6 +65,8 @@ __all__ = [
     "install_signal_handlers",
     "is_cluster",
     "parse_dead_letter",
+    "partition_for",
+    "partition_status",
     "server_info",
     "stream_health",
 ]

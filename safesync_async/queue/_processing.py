@@ -22,7 +22,7 @@ from ..db.session import (
     SessionFactory,
     TransactionOutcome,
 )
-from ..errors import CommitOutcomeUnknownError, QueueError
+from ..errors import CommitOutcomeUnknownError, PartitionFencedError, QueueError
 from ..metrics import RegistryArg, metrics_for
 from ._acks import AckBatcher
 from ._admission import Admission, SetAside
@@ -34,7 +34,15 @@ from .config import QueueConfig
 from .dead_letters import DeadLetterReason
 from .models import QueueMessage
 
-__all__ = ["DbHandler", "Handler", "InboxStore", "KeyLookup", "MessageProcessor", "Outcome"]
+__all__ = [
+    "DbHandler",
+    "Handler",
+    "InboxStore",
+    "KeyLookup",
+    "MessageProcessor",
+    "Outcome",
+    "TransactionFence",
+]
 
 _log = logging.getLogger("safesync_async.queue.consumer")
 
@@ -73,6 +81,18 @@ class InboxStore(Protocol):
         ...
 
 
+class TransactionFence(Protocol):
+    """A last check in each handler transaction, before its COMMIT (partition fencing)."""
+
+    async def check(self, session: DbSession) -> None:
+        """Raise :class:`PartitionFencedError` to refuse (roll back) the transaction."""
+        ...
+
+
+# Not the message's fault: kept pending without spending a delivery.
+_NOT_SETTLED = (CommitOutcomeUnknownError, PartitionFencedError)
+
+
 class MessageProcessor:
     """Handles the deliveries of one run; committed ones go to ``acks``. With ``keys``
     (key-ordered mode) a message is never started after an earlier message of its key
@@ -91,6 +111,7 @@ class MessageProcessor:
         registry: RegistryArg,
         on_fatal: Callable[[BaseException], None],
         keys: KeyLookup | None = None,
+        fence: TransactionFence | None = None,
     ) -> None:
         self.config = config
         self._streams = streams
@@ -103,6 +124,7 @@ class MessageProcessor:
         self._metrics = metrics_for(registry)
         self._on_fatal = on_fatal
         self._keys = keys
+        self._fence = fence
         self._operation = f"consume:{config.stream_key}"
         self._sessions: SessionFactory | None = None
 
@@ -191,7 +213,7 @@ class MessageProcessor:
         try:
             await self._transactions(deliveries, messages, handler, lease)
         except Exception as exc:
-            if is_database_outage(exc, lease) or isinstance(exc, CommitOutcomeUnknownError):
+            if is_database_outage(exc, lease) or isinstance(exc, _NOT_SETTLED):
                 await self._not_settled(deliveries, exc, lease)  # nothing to learn one by one
                 for index, _ in admitted:
                     outcomes[index] = Outcome.KEPT
@@ -295,6 +317,8 @@ class MessageProcessor:
                 finally:
                     if limit is not None and not limit.expired():
                         limit.reschedule(None)  # COMMIT or ROLLBACK: not the handler's time
+                if self._fence is not None:
+                    await self._fence.check(session)
                 failpoint("consumer.before_commit")
         except Exception as exc:
             if session.outcome is not TransactionOutcome.COMMITTED:
@@ -342,7 +366,7 @@ class MessageProcessor:
     ) -> Outcome:
         """Nothing was committed (or the outcome is unknown): keep the entry pending, as
         an outage, an unknown outcome or the handler's failure."""
-        if is_database_outage(exc, lease) or isinstance(exc, CommitOutcomeUnknownError):
+        if is_database_outage(exc, lease) or isinstance(exc, _NOT_SETTLED):
             await self._not_settled([delivery], exc, lease)
             return Outcome.KEPT
         return await self._handler_failed(delivery, exc)
@@ -350,9 +374,13 @@ class MessageProcessor:
     async def _not_settled(
         self, deliveries: Sequence[Delivery], exc: Exception, lease: ConnectionLease | None
     ) -> None:
-        """A database outage or an unknown COMMIT outcome: not the messages' fault."""
+        """A database outage, an unknown COMMIT outcome or a newer owner of the partition:
+        not the messages' fault."""
         if is_database_outage(exc, lease):
             await self._database_unavailable(deliveries, exc)
+        elif isinstance(exc, PartitionFencedError):
+            self._recorder.record_fenced(len(deliveries))
+            _log.warning("%s: left to the partition's new owner: %s", deliveries[0].id, exc)
         else:
             self._outcome_unknown(deliveries, exc)
 

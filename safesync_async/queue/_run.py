@@ -26,7 +26,7 @@ from ._in_flight import InFlight
 from ._ordering import KeyedDispatch
 from ._outages import DatabaseOutage
 from ._policy import StreamPolicy
-from ._processing import DbHandler, Handler, InboxStore, MessageProcessor
+from ._processing import DbHandler, Handler, InboxStore, MessageProcessor, TransactionFence
 from ._startup import start_up
 from ._statistics import ConsumerRecorder
 from ._streams import Delivery, StreamOperations
@@ -54,6 +54,7 @@ class ConsumerParts:
     policy: StreamPolicy
     inbox: InboxStore | None
     registry: RegistryArg
+    fence: TransactionFence | None = None
 
     def backoff(self) -> Backoff:
         return Backoff(self.config.reconnect_initial_delay, self.config.reconnect_max_delay)
@@ -111,6 +112,7 @@ class ConsumerRun:
             registry=parts.registry,
             on_fatal=self.fail,
             keys=keyed,
+            fence=parts.fence,
         )
         self._draining = False
         self._failure: BaseException | None = None

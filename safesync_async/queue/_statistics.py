@@ -42,6 +42,8 @@ class ConsumerStatistics:
             off); cleared by the next commit. For readiness checks.
         redis_unavailable: the last Redis command failed with a connection loss or a
             refusal; cleared by the next successful one. For readiness checks.
+        fenced: failed deliveries whose transaction was refused because their partition
+            had a newer owner (partitioned streams): left to that owner, none spent.
     """
 
     received: int
@@ -59,6 +61,7 @@ class ConsumerStatistics:
     database_outages: int = 0
     database_unavailable: bool = False
     redis_unavailable: bool = False
+    fenced: int = 0
 
 
 class ConsumerRecorder:
@@ -82,6 +85,7 @@ class ConsumerRecorder:
         self.reconnects = 0
         self.groups_recreated = 0
         self.database_outages = 0
+        self.fenced = 0
         self.redis_unavailable = False
 
     @property
@@ -107,6 +111,7 @@ class ConsumerRecorder:
             database_outages=self.database_outages,
             database_unavailable=database_unavailable,
             redis_unavailable=self.redis_unavailable,
+            fenced=self.fenced,
         )
 
     def record_received(self, count: int) -> None:
@@ -127,6 +132,12 @@ class ConsumerRecorder:
         self.record_failure(count)
         self.database_outages += count
         self._metrics.inc("database_outages", *self._labels, amount=count)
+
+    def record_fenced(self, count: int) -> None:
+        """``count`` deliveries were refused by partition fencing."""
+        self.record_failure(count)
+        self.fenced += count
+        self._metrics.inc("fenced_commits", *self._labels)
 
     def record_dead_letter(self, *, tombstone: bool) -> None:
         if tombstone:

@@ -20,7 +20,7 @@ from ._admission import Admission
 from ._backoff import Backoff
 from ._outages import DatabaseOutage
 from ._policy import StreamPolicy
-from ._processing import DbHandler, Handler, InboxStore
+from ._processing import DbHandler, Handler, InboxStore, TransactionFence
 from ._run import ClaimSettings, ConsumerParts, ConsumerRun
 from ._statistics import ConsumerRecorder, ConsumerStatistics
 from ._streams import GroupStream, StreamOperations
@@ -82,7 +82,9 @@ class QueueConsumer:
     :func:`~safesync_async.create_redis_client`); on a cluster an explicit
     ``dead_letter_stream`` must share the stream's hash slot (:class:`ConfigurationError`
     otherwise). ``stream_operations`` replaces the Redis commands on the stream (tests
-    give an in-memory stream); by default they go to ``redis``.
+    give an in-memory stream); by default they go to ``redis``. ``fence`` is checked in
+    every handler transaction before its COMMIT (partitioned streams use it to refuse a
+    former owner's commits; see :class:`~safesync_async.PartitionedConsumer`).
     """
 
     def __init__(
@@ -93,6 +95,7 @@ class QueueConsumer:
         inbox: InboxStore | None = None,
         registry: RegistryArg = DEFAULT_REGISTRY,
         stream_operations: StreamOperations | None = None,
+        fence: TransactionFence | None = None,
     ) -> None:
         if not isinstance(config, QueueConfig):
             raise ConfigurationError("QueueConsumer needs a QueueConfig")
@@ -119,6 +122,7 @@ class QueueConsumer:
             policy=StreamPolicy(config, streams, recorder),
             inbox=inbox,
             registry=registry,
+            fence=fence,
         )
         self._run: ConsumerRun | None = None
         self._stopping = False

@@ -317,8 +317,12 @@ async def test_a_stalled_replica_confirms_nothing(
     relay = OutboxRelay(engine, redis, outbox, wait_replicas=1, wait_timeout_ms=200)
     try:
         # confirmed while the replica is up, on 16 connections: connections whose writes
-        # the replica has, on which a WAIT would confirm at once whatever came since
-        await asyncio.gather(*(producer.publish({"n": n}) for n in range(16)))
+        # the replica has, on which a WAIT would confirm at once whatever came since (with
+        # room for a replica still catching up on a busy machine)
+        patient = QueueProducer(
+            redis, STREAM, wait_replicas=1, wait_timeout_ms=4_000, registry=None
+        )
+        await asyncio.gather(*(patient.publish({"n": n}) for n in range(16)))
         async with DbSession(engine) as session:
             await outbox.add(session, STREAM, {"n": 8})
         replica = cluster.replica_of(cluster.master_of(STREAM))

@@ -252,6 +252,7 @@ async def test_hung_server_with_an_exhausted_pool_spends_no_delivery(
 
             await until(busy, timeout=60)
             await freeze(True)
+            keys += await publish_plain(redis, stream, 100)  # work for the frozen server
             try:
                 await until(lambda: consumer.statistics().database_outages > 0, timeout=15)
                 await asyncio.sleep(WINDOW_SECONDS)

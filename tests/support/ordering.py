@@ -18,7 +18,13 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from safesync_async import DatabaseUnavailableError, DbSession, QueueMessage, QueueProducer
+from safesync_async import (
+    DatabaseUnavailableError,
+    DbSession,
+    PartitionedProducer,
+    QueueMessage,
+    QueueProducer,
+)
 
 __all__ = ["KEY_STATE", "OrderViolation", "OrderingChecker", "TransientFailure", "plan"]
 
@@ -93,7 +99,7 @@ class OrderingChecker:
                     f"INSERT INTO {self.table} (k, last_seq) VALUES (:k, 0)", {"k": key}
                 )
 
-    async def publish(self, producer: QueueProducer) -> None:
+    async def publish(self, producer: QueueProducer | PartitionedProducer) -> None:
         """Message ``i`` carries its key, its number within the key, and ``i``; the key is
         also the entry's ordering key."""
         seq: Counter[str] = Counter()

@@ -88,6 +88,28 @@ FAMILIES: Mapping[str, Family] = {
             "left_pending",
         ),
     ),
+    "Partitioned streams": Family(
+        "Members of one group share a partitioned stream (8 partitions, lease TTL 2 s) in "
+        "separate processes while keyed messages flow, each carrying its key's sequence "
+        "number; the handler applies a number only if it is the key's next. One member is "
+        "SIGKILLed and replaced, one stops gracefully (SIGTERM), one is frozen (SIGSTOP) "
+        "past its lease and resumed. *lost*: published and never applied. *duplicate "
+        "effects*: a number applied again. *order violations*: a number applied when it was "
+        "not the key's next. *fenced*: transactions of a former owner refused by the epoch "
+        "check. *rebalance*: from each event until every partition is owned by a live "
+        "member and the shares are even (max and median over the events; per event in the "
+        "details). The control row runs without inbox and fencing: the check catches it.",
+        (
+            "messages",
+            "lost",
+            "duplicate_effects",
+            "order_violations",
+            "fenced",
+            "lease_losses",
+            "rebalance_max_s",
+            "rebalance_median_s",
+        ),
+    ),
     "Contention": Family(
         "Concurrent writers on a few hot rows. Money must be conserved and every balance "
         "must equal its opening balance plus the committed transfers. *lost updates* is "

@@ -66,7 +66,7 @@ class _PrivateServer:
         on another CPU takes effect a moment later: it could still answer meanwhile)."""
         assert self.process is not None
         os.kill(self.process.pid, signal.SIGSTOP)
-        _wait_stopped(self.process.pid)
+        wait_stopped(self.process.pid)
 
     def resume(self) -> None:
         if self._running():
@@ -238,7 +238,7 @@ class PrivatePostgres(_PrivateServer):
                 os.kill(pid, sig)
         if sig == signal.SIGSTOP:
             for pid in [self.process.pid, *children]:
-                _wait_stopped(pid)
+                wait_stopped(pid)
 
     def pause(self) -> None:
         self._signal_all(signal.SIGSTOP)
@@ -267,7 +267,7 @@ def _children(parent: int) -> list[int]:
     return found
 
 
-def _wait_stopped(pid: int, timeout: float = 2.0) -> None:
+def wait_stopped(pid: int, timeout: float = 2.0) -> None:
     """Wait until ``pid`` is in the stopped state (or gone)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
