@@ -18,6 +18,7 @@ from ..queue.client import RedisClient
 from ..queue.health import stream_health
 from ..queue.keys import dead_letter_key
 from ..queue.outbox import Outbox
+from ..queue.partitions import PartitionedStream, partition_status
 from ..worker.settings import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL
 from . import render
 from .operations import (
@@ -43,6 +44,7 @@ from .operations import (
     replay,
     stream_violations,
 )
+from .partitions import render_partitions
 from .worker import worker_command
 
 __all__ = ["DEFAULT_DATABASE_URL", "DEFAULT_REDIS_URL", "app"]
@@ -360,6 +362,29 @@ def pending(
             report = await pending_report(redis, stream, group, consumer=consumer, count=count)
         render.pending(out, report)
         return EXIT_OK
+
+    _run(ctx, job)
+
+
+# -- safesync partitions -----------------------------------------------------------
+
+
+@app.command(cls=_Command)
+def partitions(
+    ctx: typer.Context,
+    stream: Annotated[str, typer.Argument(metavar="STREAM", help="The partitioned stream's name.")],
+    count: Annotated[int, typer.Argument(metavar="PARTITIONS", help="Its number of partitions.")],
+    group: Annotated[str, typer.Argument(metavar="GROUP", help="The consumer group.")],
+) -> None:
+    """Partitions of a partitioned stream: owner, epoch, since when, lag, pending. Exits
+    1 when a partition has no owner (normal for a moment during a rebalance)."""
+
+    async def job(out: render.Output) -> int:
+        layout = PartitionedStream(stream, count)
+        async with _redis(ctx) as redis:
+            rows = await partition_status(redis, layout, group)
+        render_partitions(out, stream, group, rows)
+        return EXIT_FAILED if any(row.owner is None for row in rows) else EXIT_OK
 
     _run(ctx, job)
 

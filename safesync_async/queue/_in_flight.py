@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from .._failpoints import failpoint
-from ._processing import Outcome
+from ._failures import Outcome
 from ._statistics import ConsumerRecorder
 from ._streams import Delivery, PendingEntry
 

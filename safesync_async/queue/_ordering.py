@@ -18,10 +18,10 @@ import dataclasses
 import random
 from collections.abc import Callable, Sequence
 
+from ._failures import Outcome
 from ._in_flight import Dispatch
 from ._keys import OrderingKeys, ScheduledKey
 from ._outages import DatabaseOutage
-from ._processing import Outcome
 from ._streams import Delivery, PendingEntry
 from .config import QueueConfig
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -22,16 +21,15 @@ from ..db.session import (
     SessionFactory,
     TransactionOutcome,
 )
-from ..errors import CommitOutcomeUnknownError, PartitionFencedError, QueueError
 from ..metrics import RegistryArg, metrics_for
 from ._acks import AckBatcher
 from ._admission import Admission, SetAside
+from ._failures import FailureHandler, Outcome
 from ._keys import ScheduledKey
-from ._outages import DatabaseOutage, is_database_outage
+from ._outages import DatabaseOutage
 from ._statistics import ConsumerRecorder
 from ._streams import Delivery, StreamOperations
 from .config import QueueConfig
-from .dead_letters import DeadLetterReason
 from .models import QueueMessage
 
 __all__ = [
@@ -40,7 +38,6 @@ __all__ = [
     "InboxStore",
     "KeyLookup",
     "MessageProcessor",
-    "Outcome",
     "TransactionFence",
 ]
 
@@ -53,15 +50,6 @@ DbHandler = Callable[[QueueMessage[Any], DbSession], Awaitable[None]]
 _RETRY_BASE_DELAY = 0.005
 _RETRY_MAX_DELAY = 0.2
 _NO_CONTEXT = contextlib.nullcontext()  # reusable: "no span", "no time limit"
-
-
-class Outcome(enum.Enum):
-    """What became of a delivery a worker took."""
-
-    DONE = "done"  # committed (acked) or dead-lettered: nothing more to do
-    FAILED = "failed"  # the handler failed: an attempt was spent
-    KEPT = "kept"  # not settled, no attempt spent: an outage, an unknown COMMIT outcome,
-    # a dead letter Redis refused, or not started because its key's earlier message failed
 
 
 _SET_ASIDE = {SetAside.DEAD_LETTERED: Outcome.DONE, SetAside.KEPT: Outcome.KEPT}
@@ -89,10 +77,6 @@ class TransactionFence(Protocol):
         ...
 
 
-# Not the message's fault: kept pending without spending a delivery.
-_NOT_SETTLED = (CommitOutcomeUnknownError, PartitionFencedError)
-
-
 class MessageProcessor:
     """Handles the deliveries of one run; committed ones go to ``acks``. With ``keys``
     (key-ordered mode) a message is never started after an earlier message of its key
@@ -114,7 +98,6 @@ class MessageProcessor:
         fence: TransactionFence | None = None,
     ) -> None:
         self.config = config
-        self._streams = streams
         self._recorder = recorder
         self._admission = admission
         self._outage = outage
@@ -122,7 +105,7 @@ class MessageProcessor:
         self._inbox = inbox
         self._registry = registry
         self._metrics = metrics_for(registry)
-        self._on_fatal = on_fatal
+        self._failures = FailureHandler(config, streams, recorder, admission, outage, on_fatal)
         self._keys = keys
         self._fence = fence
         self._operation = f"consume:{config.stream_key}"
@@ -213,8 +196,10 @@ class MessageProcessor:
         try:
             await self._transactions(deliveries, messages, handler, lease)
         except Exception as exc:
-            if is_database_outage(exc, lease) or isinstance(exc, _NOT_SETTLED):
-                await self._not_settled(deliveries, exc, lease)  # nothing to learn one by one
+            if self._failures.not_the_messages_fault(exc, lease):
+                await self._failures.not_settled(
+                    deliveries, exc, lease
+                )  # nothing to learn one by one
                 for index, _ in admitted:
                     outcomes[index] = Outcome.KEPT
                 return outcomes
@@ -243,7 +228,7 @@ class MessageProcessor:
                 else:
                     await self._transactions((delivery,), (message,), handler, lease)
         except Exception as exc:
-            return await self._failed(delivery, exc, lease)
+            return await self._failures.failed(delivery, exc, lease)
         finally:
             self._recorder.record_handler_time(time.perf_counter() - started)
         return Outcome.DONE
@@ -358,77 +343,3 @@ class MessageProcessor:
         return tracing.message_span(
             message.stream, message.group, message.id, message.fields, message.delivery_count
         )
-
-    # -- failures ----------------------------------------------------------------------
-
-    async def _failed(
-        self, delivery: Delivery, exc: Exception, lease: ConnectionLease | None
-    ) -> Outcome:
-        """Nothing was committed (or the outcome is unknown): keep the entry pending, as
-        an outage, an unknown outcome or the handler's failure."""
-        if is_database_outage(exc, lease) or isinstance(exc, _NOT_SETTLED):
-            await self._not_settled([delivery], exc, lease)
-            return Outcome.KEPT
-        return await self._handler_failed(delivery, exc)
-
-    async def _not_settled(
-        self, deliveries: Sequence[Delivery], exc: Exception, lease: ConnectionLease | None
-    ) -> None:
-        """A database outage, an unknown COMMIT outcome or a newer owner of the partition:
-        not the messages' fault."""
-        if is_database_outage(exc, lease):
-            await self._database_unavailable(deliveries, exc)
-        elif isinstance(exc, PartitionFencedError):
-            self._recorder.record_fenced(len(deliveries))
-            _log.warning("%s: left to the partition's new owner: %s", deliveries[0].id, exc)
-        else:
-            self._outcome_unknown(deliveries, exc)
-
-    async def _database_unavailable(self, deliveries: Sequence[Delivery], exc: Exception) -> None:
-        """The database, not the message, failed: keep the entries pending without
-        spending one of their deliveries, and hold back reads until the database is back."""
-        self._recorder.record_database_outage(len(deliveries))
-        self._outage.begin(exc)
-        _log.warning(
-            "database unavailable while handling %s (%d message(s) kept for later): %s",
-            deliveries[0].id,
-            len(deliveries),
-            exc,
-        )
-        try:
-            await self._streams.release(deliveries)
-        except QueueError as release_error:
-            _log.warning("could not release %s: %s", [d.id for d in deliveries], release_error)
-
-    def _outcome_unknown(self, deliveries: Sequence[Delivery], exc: Exception) -> None:
-        """The COMMIT may have persisted: never acked, never dead-lettered for it;
-        redelivered after claim_min_idle_ms (an inbox makes the redelivery a no-op)."""
-        self._recorder.record_failure(len(deliveries))
-        for delivery in deliveries:
-            self._admission.remember_error(delivery.id, f"{type(exc).__name__}: {exc}")
-        _log.warning(
-            "commit outcome unknown for %s (%d message(s)); they will be redelivered: %s",
-            deliveries[0].id,
-            len(deliveries),
-            exc,
-        )
-
-    async def _handler_failed(self, delivery: Delivery, exc: Exception) -> Outcome:
-        self._recorder.record_failure()
-        error = f"{type(exc).__name__}: {exc}"
-        self._admission.remember_error(delivery.id, error)
-        _log.warning(
-            "handler failed for %s %s (delivery %d): %s",
-            self.config.stream_key,
-            delivery.id,
-            delivery.delivery_count,
-            error,
-            exc_info=not isinstance(exc, TimeoutError),
-        )
-        limit = self.config.max_deliveries
-        if limit is not None and delivery.delivery_count >= limit:
-            if await self._admission.dead_letter(delivery, DeadLetterReason.HANDLER_FAILED, error):
-                return Outcome.DONE
-        elif self.config.stop_on_error:
-            self._on_fatal(exc)
-        return Outcome.FAILED

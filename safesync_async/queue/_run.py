@@ -34,6 +34,8 @@ from .config import QueueConfig
 
 __all__ = ["ClaimSettings", "ConsumerParts", "ConsumerRun"]
 
+Task = asyncio.Task[None]
+
 _log = logging.getLogger("safesync_async.queue.consumer")
 
 # Bound on flushing acks when run() is cancelled rather than stopped.
@@ -155,19 +157,19 @@ class ConsumerRun:
                 return
             async with asyncio.TaskGroup() as tasks:
 
-                def start(name: str, loop: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+                def start(name: str, loop: Callable[[], Coroutine[Any, Any, None]]) -> Task:
                     return tasks.create_task(self._guarded(name, loop))
 
-                ack_task = start("ack loop", self.acks.run())
+                ack_task = start("ack loop", self.acks.run)
                 feeders = []
                 if self._read_new:
-                    feeders.append(start("read loop", self._read_loop()))
+                    feeders.append(start("read loop", self._read_loop))
                 protect_ms = self.config.claim_min_idle_ms
-                if self._claim is not None:
-                    feeders.append(start("claim loop", self._claim_loop(self._claim)))
-                    protect_ms = self._claim.min_idle_ms
-                keep_alive = start("keep-alive loop", self._keep_alive_loop(protect_ms))
-                workers = [start("worker", self._work_loop()) for _ in range(self._concurrency)]
+                if (claim := self._claim) is not None:
+                    feeders.append(start("claim loop", lambda: self._claim_loop(claim)))
+                    protect_ms = claim.min_idle_ms
+                keep_alive = start("keep-alive loop", lambda: self._keep_alive_loop(protect_ms))
+                workers = [start("worker", self._work_loop) for _ in range(self._concurrency)]
                 task_status.started()
                 self._recorder.readiness.loops_started()
                 await self._stop.wait()
@@ -195,9 +197,11 @@ class ConsumerRun:
             where=servers,
         )
 
-    async def _guarded(self, name: str, loop: Coroutine[Any, Any, None]) -> None:
+    async def _guarded(self, name: str, loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run ``loop()`` (created here, so a task cancelled before it starts leaves no
+        coroutine unawaited); its failure stops the run."""
         try:
-            await loop
+            await loop()
         except Exception as exc:
             if not isinstance(exc, SafeSyncError):
                 wrapped = QueueError(f"the consumer's {name} failed unexpectedly: {exc!r}")

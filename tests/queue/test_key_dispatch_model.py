@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 
 from safesync_async import QueueConfig
 from safesync_async.queue._backoff import Backoff
+from safesync_async.queue._failures import Outcome
 from safesync_async.queue._ordering import KeyedDispatch
 from safesync_async.queue._outages import DatabaseOutage
-from safesync_async.queue._processing import Outcome
 from safesync_async.queue._streams import Delivery
 from safesync_async.queue.readiness import ConsumerReadiness
 

@@ -29,9 +29,9 @@ from safesync_async import (
     parse_dead_letter,
 )
 from safesync_async.queue._backoff import Backoff
+from safesync_async.queue._failures import Outcome
 from safesync_async.queue._ordering import KeyedDispatch
 from safesync_async.queue._outages import DatabaseOutage
-from safesync_async.queue._processing import Outcome
 from safesync_async.queue._streams import Delivery
 from safesync_async.queue.readiness import ConsumerReadiness
 

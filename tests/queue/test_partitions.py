@@ -5,13 +5,16 @@ one stops, and keeping per-key order throughout."""
 from __future__ import annotations
 
 import asyncio
+import json
 import zlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 import pytest
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
+from typer.testing import CliRunner
 
 from safesync_async import (
     ConfigurationError,
@@ -26,12 +29,14 @@ from safesync_async import (
     partition_for,
     partition_status,
 )
+from safesync_async.cli import app
 from safesync_async.queue.keys import hash_slot
 from safesync_async.queue.partitions.leases import LeaseStore, assignment
 from safesync_async.queue.partitions.stream import LeasedStream
 
 from ..conftest import TableFactory
 from ..support.ordering import KEY_STATE, OrderingChecker, plan
+from ..support.settings import REDIS_URL
 from .helpers import wait_until
 
 # -- layout and routing (no servers) ------------------------------------------------------
@@ -105,6 +110,7 @@ async def test_a_lease_is_exclusive_and_every_acquisition_has_a_larger_epoch(
     assert third is not None and third.epoch == second.epoch + 11
 
 
+@pytest.mark.cluster
 async def test_a_former_owner_can_neither_read_nor_take_over(redis: Redis, stream: str) -> None:
     layout = PartitionedStream(stream, 1)
     producer = PartitionedProducer(redis, layout, registry=None)
@@ -209,6 +215,7 @@ async def test_registration_waits_for_a_transaction_that_passed_its_check(
 # -- consumers dividing the partitions ---------------------------------------------------
 
 
+@pytest.mark.cluster
 async def test_consumers_divide_the_partitions_keep_key_order_and_rebalance_on_stop(
     engine: AsyncEngine,
     make_table: TableFactory,
@@ -268,3 +275,33 @@ async def test_consumers_divide_the_partitions_keep_key_order_and_rebalance_on_s
 
 async def _applied_all(checker: OrderingChecker) -> bool:
     return await checker.applied() == checker.expected
+
+
+async def test_the_cli_shows_owners_epochs_and_lag(redis: Redis, stream: str) -> None:
+    layout = PartitionedStream(stream, 3)
+    leases = LeaseStore(redis, layout, "g")
+    for partition, member in ((0, "a"), (1, "b")):
+        assert await leases.acquire(partition, member, 60_000) is not None
+    await redis.xgroup_create(layout.stream_key(0), "g", id="0", mkstream=True)
+    await PartitionedProducer(redis, layout, registry=None).publish({"n": 1}, key="k")
+    key_partition = layout.partition_of("k")
+
+    code, document = await _cli_json("partitions", stream, "3", "g")
+    assert code == 1  # partition 2 has no owner
+    assert document["unowned"] == [2]
+    rows = {row["partition"]: row for row in document["partitions"]}
+    assert [rows[p]["owner"] for p in range(3)] == ["a", "b", None]
+    assert rows[0]["epoch"] == 1 and rows[0]["since"]
+    assert rows[0]["lag"] == (1 if key_partition == 0 else 0)
+    assert rows[1]["lag"] is None  # no group there yet
+
+    assert await leases.acquire(2, "a", 60_000) is not None
+    code, document = await _cli_json("partitions", stream, "3", "g")
+    assert code == 0 and document["unowned"] == []
+
+
+async def _cli_json(*args: str) -> tuple[int, Any]:
+    runner = CliRunner()
+    argv = ["--redis", REDIS_URL, "--json", *args]
+    result = await anyio.to_thread.run_sync(lambda: runner.invoke(app, argv))
+    return result.exit_code, json.loads(result.stdout)
