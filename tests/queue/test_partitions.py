@@ -12,6 +12,7 @@ from typing import Any
 
 import anyio
 import pytest
+from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 from typer.testing import CliRunner
@@ -305,3 +306,43 @@ async def _cli_json(*args: str) -> tuple[int, Any]:
     argv = ["--redis", REDIS_URL, "--json", *args]
     result = await anyio.to_thread.run_sync(lambda: runner.invoke(app, argv))
     return result.exit_code, json.loads(result.stdout)
+
+
+async def test_an_epoch_redis_handed_out_before_is_refused_and_replaced(
+    engine: AsyncEngine, redis: Redis, stream: str, fence: EpochFence
+) -> None:
+    """After a Redis failover lost the epoch counter, Redis hands out epoch 1 again while
+    the database has 5: the registration is refused, the counter raised, the partition
+    released and acquired again with epoch 6, and only then consumed."""
+    layout = PartitionedStream(stream, 1)
+    await fence.register(engine, layout.stream_key(0), "g", 5)
+    handled: list[int] = []
+
+    async def handler(message: Any, session: DbSession) -> None:
+        handled.append(message.payload["n"])
+
+    registry = CollectorRegistry()
+    consumer = PartitionedConsumer(
+        redis, layout, "g", fence=fence, member="m", lease_ttl_ms=600, block_ms=50,
+        registry=registry,
+    )  # fmt: skip
+    await PartitionedProducer(redis, layout, registry=None).publish({"n": 1})
+    task = asyncio.create_task(consumer.run(handler, engine=engine))
+    try:
+        await wait_until(_returns(lambda: handled == [1]), timeout=10)
+    finally:
+        consumer.stop()
+        await task
+    ownership = consumer.ownership()
+    assert (ownership.acquired, ownership.released) == (2, 2)
+    assert await fence.current(engine, layout.stream_key(0), "g") == 6
+    for event in ("acquired", "released"):
+        labels = {"stream": stream, "group": "g", "event": event}
+        assert registry.get_sample_value("safesync_queue_partition_rebalances_total", labels) == 2
+
+
+def _returns(check: Any) -> Any:
+    async def condition() -> bool:
+        return bool(check())
+
+    return condition
