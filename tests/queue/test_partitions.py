@@ -269,7 +269,8 @@ async def test_consumers_divide_the_partitions_keep_key_order_and_rebalance_on_s
         await asyncio.gather(*tasks)
     assert checker.violations == []
     assert await checker.applied() == checker.expected
-    assert consumers[2].ownership().released == 2
+    stopped = consumers[2].ownership()
+    assert stopped.released == stopped.acquired >= 2  # everything it took, it gave up
     assert all(c.ownership().lease_losses == 0 for c in consumers)
     assert {s.owner for s in await partition_status(redis, layout, "g")} == {None}
 
