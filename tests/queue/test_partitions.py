@@ -27,6 +27,7 @@ from safesync_async import (
     PartitionedStream,
     PartitionFencedError,
     PartitionLeaseLostError,
+    QueueError,
     partition_for,
     partition_status,
 )
@@ -347,3 +348,31 @@ def _returns(check: Any) -> Any:
         return bool(check())
 
     return condition
+
+
+async def test_a_cancelled_member_releases_its_partitions_and_runs_once(
+    redis: Redis, stream: str
+) -> None:
+    layout = PartitionedStream(stream, 2)
+
+    async def handler(message: Any) -> None:
+        await asyncio.sleep(10)  # still running when the member is cancelled
+
+    consumer = PartitionedConsumer(
+        redis, layout, "g", fence=None, member="m", lease_ttl_ms=600, block_ms=50, registry=None
+    )
+    await PartitionedProducer(redis, layout, registry=None).publish_batch([{}, {}])
+    task = asyncio.create_task(consumer.run(handler))
+
+    async def busy() -> bool:
+        return sum(s.pending for s in await partition_status(redis, layout, "g")) == 2
+
+    await wait_until(busy, timeout=10)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    status = await partition_status(redis, layout, "g")
+    assert [s.owner for s in status] == [None, None]
+    assert sum(s.pending for s in status) == 2  # left for the next owner
+    with pytest.raises(QueueError, match="run already"):
+        await consumer.run(handler)

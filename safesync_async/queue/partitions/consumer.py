@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ..._shield import run_to_completion
 from ...errors import ConfigurationError, PartitionLeaseLostError, QueueError, SafeSyncError
 from ...metrics import DEFAULT_REGISTRY, RegistryArg, metrics_for
 from .._processing import DbHandler, Handler, InboxStore
@@ -132,7 +133,7 @@ class PartitionedConsumer:
         self._metrics = metrics_for(registry)
         self._labels = (self._metrics.stream_label(stream.name), group)
         self._leases = LeaseStore(redis, stream, group)
-        # Validates the options once, for partition 0; each partition gets its own copy.
+        # One consumer configuration per partition: invalid options fail here.
         self._configs = [
             QueueConfig(
                 stream_key=key,
@@ -148,6 +149,7 @@ class PartitionedConsumer:
         self._owned: dict[int, _Owned] = {}
         self._stop = asyncio.Event()
         self._counts = {"acquired": 0, "released": 0, "lease_losses": 0, "fenced": 0}
+        self._ran = False
 
     # -- public --------------------------------------------------------------------------
 
@@ -170,8 +172,13 @@ class PartitionedConsumer:
         )
 
     async def run(self, handler: DbHandler | Handler, *, engine: AsyncEngine | None = None) -> None:
-        """Take part in the group until :meth:`stop` (or cancellation); raises if a
-        partition's consumer fails for another reason than losing its lease."""
+        """Take part in the group until :meth:`stop`, then drain and leave; raises if a
+        partition's consumer fails for another reason than losing its lease. Cancelled,
+        it cancels its partitions' consumers (their transactions roll back, committed
+        entries are acked) and releases their leases before re-raising. Runs once."""
+        if self._ran:
+            raise QueueError("this PartitionedConsumer has run already; create another")
+        self._ran = True
         if self._fence is not None:
             if engine is None:
                 raise ConfigurationError(
@@ -187,8 +194,10 @@ class PartitionedConsumer:
                 failure = self._failure()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), interval)
-        finally:
-            await self._leave()
+        except BaseException:
+            await run_to_completion(self._leave(drain=False))
+            raise
+        await self._leave(drain=True)
         if failure is not None:
             raise failure
 
@@ -389,14 +398,18 @@ class PartitionedConsumer:
         self._metrics.inc("partition_rebalances", *self._labels, "released")
         _log.info("%s: released partition %d (epoch %d)", self.member, partition, owned.lease.epoch)
 
-    async def _leave(self) -> None:
-        """Leave the membership first (the others rebalance at once), then drain."""
+    async def _leave(self, *, drain: bool) -> None:
+        """Leave the membership first (the others rebalance at once), then stop every
+        partition (drained, or cancelled) and release its lease."""
         with contextlib.suppress(QueueError):
             await self._leases.leave(self.member)
         owned = list(self._owned.values())
         for one in owned:
             one.giving_up = True
-            one.stop()
+            if drain:
+                one.stop()
+            elif one.task is not None:
+                one.task.cancel()
         tasks = [o.task for o in owned if o.task is not None]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
