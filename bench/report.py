@@ -134,6 +134,9 @@ def _consumer(section: dict[str, Any], cpus: int) -> list[str]:
     rows = []
     for s in summary:
         wall, busy = s["median_wall_s"], s["median_host_busy_s"]
+        if busy is not None:
+            # the runner's start-up and drain: outside the window that ``wall`` measures
+            busy -= s.get("median_untimed_cpu_s") or 0.0
         rows.append(
             [
                 s["label"],
