@@ -264,7 +264,10 @@ class PostgreSQLSessionModel(SessionModel):
     backend = BACKENDS["postgresql"]
 
 
-TestMariaDBSessionModel = MariaDBSessionModel.TestCase
+# Each program takes up to a second or two on a busy machine: the suite's 120 s per test
+# is too little for the long runs of nox -s faults.
+_TIME_LIMIT = pytest.mark.timeout(max(120, EXAMPLES * 4))
+TestMariaDBSessionModel = _TIME_LIMIT(MariaDBSessionModel.TestCase)
 TestMariaDBSessionModel.settings = _SETTINGS
-TestPostgreSQLSessionModel = PostgreSQLSessionModel.TestCase
+TestPostgreSQLSessionModel = _TIME_LIMIT(PostgreSQLSessionModel.TestCase)
 TestPostgreSQLSessionModel.settings = _SETTINGS
