@@ -30,7 +30,7 @@ from safesync_async.queue.keys import hash_slot
 from ..conftest import CLUSTER, TableFactory
 from ..support.cluster import PrivateRedisCluster
 from ..support.ordering import KEY_STATE
-from ..support.partitions import KeyedTraffic, MemberProcess, wait_balanced
+from ..support.partitions import KeyedTraffic, MemberProcess, held_by, wait_balanced
 from ..support.reliability import Recorder
 from ..support.settings import REDIS_URL
 from .conftest import until
@@ -159,6 +159,7 @@ async def test_members_killed_stopped_and_paused_keep_every_key_in_order(
         timings["graceful stop"] = await balanced("A", "C2")
         counters.append(await members.members["B"].stopped())
         await asyncio.sleep(1)
+        await until(lambda: _busy(redis, layout, "A"), timeout=30)
         members.members["A"].pause()
         timings["SIGSTOP"] = await balanced("C2")
         await asyncio.sleep(max(0.0, PAUSE_SECONDS - timings["SIGSTOP"]))
@@ -193,6 +194,11 @@ async def test_members_killed_stopped_and_paused_keep_every_key_in_order(
     assert (outcome["lost"], outcome["duplicate_effects"], outcome["order_violations"]) == (0, 0, 0)
     assert counters[-2]["lease_losses"] >= 1  # A lost its leases while frozen
     assert timings["SIGKILL"] < 3 * LEASE_TTL_MS / 1000  # lease TTL plus a little
+
+
+async def _busy(redis: RedisClient, layout: PartitionedStream, member: str) -> bool:
+    """The member holds several entries: freezing it now leaves work under way."""
+    return await held_by(redis, layout, "g", member) >= 6
 
 
 async def _drained(redis: RedisClient, layout: PartitionedStream) -> bool:
@@ -237,7 +243,7 @@ async def test_without_fencing_a_paused_member_breaks_key_order(
         for name in ("A", "C"):
             members.start(name)
         await wait_balanced(redis, layout, "g", {"A", "C"}, timeout=30)
-        await asyncio.sleep(1)
+        await until(lambda: _busy(redis, layout, "A"), timeout=30)
         members.members["A"].pause()
         await wait_balanced(redis, layout, "g", {"C"}, timeout=30)
         await asyncio.sleep(2)

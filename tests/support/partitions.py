@@ -24,7 +24,7 @@ from safesync_async import (
 
 from .servers import wait_stopped
 
-__all__ = ["KeyedTraffic", "MemberProcess", "wait_balanced"]
+__all__ = ["KeyedTraffic", "MemberProcess", "held_by", "wait_balanced"]
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -133,3 +133,12 @@ async def wait_balanced(
         if time.monotonic() - started > timeout:
             raise AssertionError(f"not balanced over {members} after {timeout} s: {owners}")
         await asyncio.sleep(0.05)
+
+
+async def held_by(redis: RedisClient, stream: PartitionedStream, group: str, member: str) -> int:
+    """Entries pending to ``member`` over every partition (running or read ahead)."""
+    held = 0
+    for key in stream.stream_keys():
+        if await redis.exists(key):
+            held += len(await redis.xpending_range(key, group, "-", "+", 1_000, member))
+    return held
