@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import subprocess
 import sys
 import time
 import uuid
 from collections import Counter
+from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -36,12 +38,27 @@ from safesync_async import (
 from safesync_async.queue.client import RedisClient
 from tests.support.cluster import PrivateRedisCluster
 
+from .procstat import CpuMeter, cpu_seconds, delta
 from .settings import ACCOUNTS, DATABASE_URL, REDIS_URL, REPO_ROOT
 from .stats import median, progress, ratio
 
 PARTITIONS = 8
 CONCURRENCY = 4
 PROCESSES = (1, 2, 3)
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One timed run: throughput, the host's busy share, CPU per message."""
+
+    rate: float
+    host_busy: float
+    members_us: float | None
+    database_us: float | None
+
+
+def _per_message(seconds: float | None, messages: int) -> float | None:
+    return None if seconds is None or messages <= 0 else seconds / messages * 1e6
 
 
 class Run:
@@ -57,7 +74,7 @@ class Run:
 
     async def measure(
         self, engine_url: str, messages: int, inbox: Inbox, fence: EpochFence
-    ) -> float:
+    ) -> Sample:
         engine = create_engine(engine_url)
         members: list[subprocess.Popen[bytes]] = []
         try:
@@ -76,13 +93,22 @@ class Run:
             for index in range(self.processes):
                 members.append(self._member(f"m{index}", engine_url, inbox, fence))
             await self._divided({f"m{i}" for i in range(self.processes)})
+            meter = CpuMeter()
+            servers, members_cpu = meter.sample(), self._members_cpu(members)
             started, applied = time.perf_counter(), await self._applied(engine)
             while True:
                 now_applied = await self._applied(engine)
                 if now_applied >= messages:
                     break
                 await asyncio.sleep(0.05)
-            return (now_applied - applied) / (time.perf_counter() - started)
+            wall = time.perf_counter() - started
+            done, after = now_applied - applied, meter.sample()
+            return Sample(
+                rate=done / wall,
+                host_busy=(after.host_busy - servers.host_busy) / (wall * (os.cpu_count() or 1)),
+                members_us=_per_message(self._members_cpu(members) - members_cpu, done),
+                database_us=_per_message(delta(after.database, servers.database), done),
+            )
         finally:
             for member in members:
                 member.terminate()
@@ -93,6 +119,10 @@ class Run:
             await engine.dispose()
             async for key in self.redis.scan_iter(match="{" + self.stream.name + "*"):
                 await self.redis.delete(key)
+
+    @staticmethod
+    def _members_cpu(members: list[subprocess.Popen[bytes]]) -> float:
+        return sum(cpu_seconds(member.pid) or 0.0 for member in members)
 
     def _member(
         self, name: str, engine_url: str, inbox: Inbox, fence: EpochFence
@@ -140,20 +170,20 @@ class Run:
 
 async def measure(
     redis: RedisClient, redis_args: list[str], messages: int, reps: int
-) -> dict[int, list[float]]:
-    """Messages per second for each process count, ``reps`` interleaved runs each."""
+) -> dict[int, list[Sample]]:
+    """The samples of each process count, ``reps`` interleaved runs each."""
     inbox, fence = Inbox("bench_part_inbox"), EpochFence("bench_part_epochs")
     setup = create_engine(DATABASE_URL)
     await inbox.create_table(setup)
     await fence.create_table(setup)
-    rates: dict[int, list[float]] = {}
+    rates: dict[int, list[Sample]] = {}
     try:
         for rep in range(reps):
             for processes in PROCESSES:
                 run = Run(redis, redis_args, processes)
-                rate = await run.measure(DATABASE_URL, messages, inbox, fence)
-                rates.setdefault(processes, []).append(rate)
-                progress(f"rep {rep + 1}/{reps}: {processes} process(es): {rate:,.0f} msg/s")
+                sample = await run.measure(DATABASE_URL, messages, inbox, fence)
+                rates.setdefault(processes, []).append(sample)
+                progress(f"rep {rep + 1}/{reps}: {processes} process(es): {sample.rate:,.0f} msg/s")
     finally:
         async with setup.begin() as conn:
             await conn.run_sync(inbox.table.drop, checkfirst=True)
@@ -162,20 +192,30 @@ async def measure(
     return rates
 
 
-def render(rates: dict[int, list[float]], spread: str | None) -> str:
-    base = median(rates[1])
+def render(samples: dict[int, list[Sample]], spread: str | None) -> str:
+    base = median([s.rate for s in samples[1]])
     lines = [
-        "| Member processes | msg/s (median) | runs | ratio to 1 process |",
-        "|---|---|---|---|",
+        "| Member processes | msg/s (median) | runs | ratio to 1 process | host busy | "
+        "members' CPU µs/msg | database CPU µs/msg |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for processes, runs in sorted(rates.items()):
-        rate = median(runs) or 0.0
-        share = ratio(rate, base) or 0.0
-        listed = ", ".join(f"{r:,.0f}" for r in runs)
-        lines.append(f"| {processes} | {rate:,.0f} | {listed} | {share:.2f} |")
+    for processes, runs in sorted(samples.items()):
+        rate = median([r.rate for r in runs]) or 0.0
+        listed = ", ".join(f"{r.rate:,.0f}" for r in runs)
+        busy = median([r.host_busy for r in runs]) or 0.0
+        lines.append(
+            f"| {processes} | {rate:,.0f} | {listed} | {ratio(rate, base) or 0.0:.2f} | "
+            f"{busy:.0%} | {_cell([r.members_us for r in runs])} | "
+            f"{_cell([r.database_us for r in runs])} |"
+        )
     if spread:
         lines += ["", spread]
     return "\n".join(lines)
+
+
+def _cell(values: list[float | None]) -> str:
+    known = [v for v in values if v is not None]
+    return f"{median(known):,.0f}" if known else "-"
 
 
 def _spread(cluster: PrivateRedisCluster) -> str:
