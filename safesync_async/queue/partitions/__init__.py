@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
-from .consumer import PartitionedConsumer, PartitionOwnership
+from .consumer import PartitionedConsumer
 from .fence import EpochFence
 from .layout import PartitionedStream, partition_for
+from .ownership import PartitionOwnership
 from .producer import PartitionedProducer
 from .status import PartitionStatus, partition_status
 

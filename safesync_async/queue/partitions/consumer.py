@@ -6,17 +6,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import secrets
-import socket
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..._shield import run_to_completion
-from ...errors import ConfigurationError, PartitionLeaseLostError, QueueError, SafeSyncError
+from ...errors import (
+    ConfigurationError,
+    PartitionLeaseLostError,
+    QueueError,
+    QueueUnavailableError,
+    SafeSyncError,
+)
 from ...metrics import DEFAULT_REGISTRY, RegistryArg, metrics_for
 from .._processing import DbHandler, Handler, InboxStore
 from ..client import RedisClient
@@ -25,6 +27,7 @@ from ..consumer import QueueConsumer
 from .fence import EpochFence
 from .layout import PartitionedStream
 from .leases import Lease, LeaseStore, assignment, check_partition_count
+from .ownership import OwnedPartition, PartitionOwnership, member_name
 from .stream import LeasedStream
 
 __all__ = ["PartitionOwnership", "PartitionedConsumer"]
@@ -34,49 +37,6 @@ _log = logging.getLogger("safesync_async.queue.partitions")
 # QueueConfig settings the partitioned consumer sets itself.
 _FIXED = ("stream_key", "consumer_group", "consumer_name", "ordering", "claim_interval_ms")
 _REGISTER_RETRY_SECONDS = 0.5
-
-
-def _member_name() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
-
-
-@dataclass(frozen=True, slots=True)
-class PartitionOwnership:
-    """A partitioned consumer's counters and what it owns now.
-
-    Attributes:
-        member: this consumer's name in the group's membership.
-        owned: partition -> epoch of the leases held now.
-        acquired: leases acquired since the start.
-        released: leases given up (rebalance or stop).
-        lease_losses: leases lost without being given up (expired or taken).
-        fenced: handler transactions refused because a newer owner registered.
-    """
-
-    member: str
-    owned: dict[int, int]
-    acquired: int
-    released: int
-    lease_losses: int
-    fenced: int
-
-
-@dataclass(eq=False)
-class _Owned:
-    """One partition held: its lease, the task consuming it, and its consumer."""
-
-    lease: Lease
-    renewed_at: float
-    task: asyncio.Task[None] | None = None
-    consumer: QueueConsumer | None = None
-    lost: bool = False
-    giving_up: bool = False
-
-    def stop(self) -> None:
-        if self.consumer is not None:
-            self.consumer.stop()
-        elif self.task is not None:
-            self.task.cancel()  # still registering its epoch or taking over
 
 
 class PartitionedConsumer:
@@ -125,7 +85,7 @@ class PartitionedConsumer:
         self.redis = redis
         self.stream = stream
         self.group = group
-        self.member = member or _member_name()
+        self.member = member or member_name()
         self.lease_ttl_ms = lease_ttl_ms
         self._inbox = inbox
         self._fence = fence
@@ -146,7 +106,7 @@ class PartitionedConsumer:
             )
             for key in stream.stream_keys()
         ]
-        self._owned: dict[int, _Owned] = {}
+        self._owned: dict[int, OwnedPartition] = {}
         self._stop = asyncio.Event()
         self._counts = {"acquired": 0, "released": 0, "lease_losses": 0, "fenced": 0}
         self._ran = False
@@ -256,7 +216,7 @@ class PartitionedConsumer:
             if not owned.lost and owned.renewed_at < deadline:
                 self._lose(partition, owned, "not renewed within its TTL")
 
-    def _lose(self, partition: int, owned: _Owned, why: str) -> None:
+    def _lose(self, partition: int, owned: OwnedPartition, why: str) -> None:
         if owned.lost:
             return
         _log.warning(
@@ -274,7 +234,7 @@ class PartitionedConsumer:
     def _start(
         self, lease: Lease, handler: DbHandler | Handler, engine: AsyncEngine | None
     ) -> None:
-        owned = _Owned(lease, renewed_at=time.monotonic())
+        owned = OwnedPartition(lease, renewed_at=time.monotonic())
         self._owned[lease.partition] = owned
         self._counts["acquired"] += 1
         self._metrics.inc("partition_rebalances", *self._labels, "acquired")
@@ -291,7 +251,7 @@ class PartitionedConsumer:
     # -- one partition -----------------------------------------------------------------
 
     async def _consume(
-        self, owned: _Owned, handler: DbHandler | Handler, engine: AsyncEngine | None
+        self, owned: OwnedPartition, handler: DbHandler | Handler, engine: AsyncEngine | None
     ) -> None:
         """Register the epoch, take over, consume until stopped; then give the lease up."""
         lease = owned.lease
@@ -341,12 +301,14 @@ class PartitionedConsumer:
                 task.uncancel()  # stopped before it consumed: still give the lease up
         except PartitionLeaseLostError as exc:
             self._lose(partition, owned, str(exc))
+        except QueueUnavailableError as exc:  # Redis down while taking over: try again later
+            _log.warning("%s: partition %d given up for now: %s", self.member, partition, exc)
         finally:
             if owned.consumer is not None:
                 self._counts["fenced"] += owned.consumer.statistics().fenced
             await self._give_up(owned)
 
-    async def _register(self, owned: _Owned, engine: AsyncEngine) -> bool:
+    async def _register(self, owned: OwnedPartition, engine: AsyncEngine) -> bool:
         """Record the epoch in the database (waiting for a former owner's transactions
         that passed their check); False if the database knows a newer one."""
         assert self._fence is not None
@@ -378,7 +340,7 @@ class PartitionedConsumer:
             await self._leases.raise_epoch(lease.partition, recorded)
             return False
 
-    async def _give_up(self, owned: _Owned) -> None:
+    async def _give_up(self, owned: OwnedPartition) -> None:
         partition = owned.lease.partition
         if self._owned.get(partition) is owned:
             del self._owned[partition]
