@@ -33,10 +33,10 @@ from safesync_async import (
     PartitionedStream,
     create_engine,
     create_redis_client,
-    partition_status,
 )
 from safesync_async.queue.client import RedisClient
 from tests.support.cluster import PrivateRedisCluster
+from tests.support.partitions import wait_balanced
 
 from .procstat import CpuMeter, cpu_seconds, delta
 from .settings import ACCOUNTS, DATABASE_URL, REDIS_URL, REPO_ROOT
@@ -92,7 +92,8 @@ class Run:
             )
             for index in range(self.processes):
                 members.append(self._member(f"m{index}", engine_url, inbox, fence))
-            await self._divided({f"m{i}" for i in range(self.processes)})
+            names = {f"m{i}" for i in range(self.processes)}
+            await wait_balanced(self.redis, self.stream, "bench", names, timeout=60)
             meter = CpuMeter()
             servers, members_cpu = meter.sample(), self._members_cpu(members)
             started, applied = time.perf_counter(), await self._applied(engine)
@@ -152,16 +153,6 @@ class Run:
             ],
             cwd=REPO_ROOT,
         )
-
-    async def _divided(self, members: set[str]) -> None:
-        async with asyncio.timeout(60):
-            while True:
-                owners = Counter(
-                    s.owner for s in await partition_status(self.redis, self.stream, "bench")
-                )
-                if set(owners) == members and max(owners.values()) - min(owners.values()) <= 1:
-                    return
-                await asyncio.sleep(0.05)
 
     async def _applied(self, engine: AsyncEngine) -> int:
         async with DbSession(engine) as session:

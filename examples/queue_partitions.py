@@ -1,6 +1,7 @@
 """A partitioned stream: the events of one order always go to the same partition, each
 partition is consumed by exactly one member of the group at a time, and within it one
-order's events are handled one at a time, in order. Here the members are two tasks of
+order's events are handled one at a time, in order (the handler is queue_key_ordering's:
+it refuses an event that comes before its predecessor). Here the members are two tasks of
 one process; in production each is a process (or a machine) of its own, and they divide
 the partitions among themselves, taking over those of a member that stops or dies."""
 
@@ -9,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -21,32 +21,14 @@ from safesync_async import (
     PartitionedConsumer,
     PartitionedProducer,
     PartitionedStream,
-    QueueMessage,
     create_redis_client,
     partition_status,
 )
 
+from .queue_key_ordering import apply_event  # one step per event, refused out of order
 from .settings import REDIS_URL, make_engine
 
 ORDERS = 200
-PREVIOUS = {"paid": "created", "shipped": "paid"}
-
-
-async def apply_event(msg: QueueMessage[Any], session: DbSession) -> None:
-    """Move the order one step; the UPDATE matches only if the previous step is done."""
-    order, event = msg.payload["order"], msg.payload["event"]
-    if event == "created":
-        await session.execute(
-            "INSERT INTO example_partitioned_orders (id, status) VALUES (:id, 'created')",
-            {"id": order},
-        )
-        return
-    moved = await session.execute(
-        "UPDATE example_partitioned_orders SET status = :new WHERE id = :id AND status = :old",
-        {"id": order, "new": event, "old": PREVIOUS[event]},
-    )
-    if moved == 0:
-        raise RuntimeError(f"order {order}: {event!r} came before {PREVIOUS[event]!r}")
 
 
 # --8<-- [start:publish]
@@ -74,9 +56,10 @@ async def main() -> None:
     try:
         async with DbSession(engine) as session:
             await session.execute(
-                "CREATE TABLE IF NOT EXISTS example_partitioned_orders "
+                "CREATE TABLE IF NOT EXISTS example_order_steps "
                 "(id INT PRIMARY KEY, status VARCHAR(10) NOT NULL)"
             )
+            await session.execute("DELETE FROM example_order_steps")
         # --8<-- [start:consume]
         orders = PartitionedStream(name, partitions=8)
         members = [
@@ -104,8 +87,8 @@ async def main() -> None:
         print(f"{ORDERS} orders shipped through 8 partitions shared by 2 members")
     finally:
         async with DbSession(engine) as session:
-            for table in ("orders", "inbox", "epochs"):
-                await session.execute(f"DROP TABLE IF EXISTS example_partitioned_{table}")
+            for table in ("order_steps", "partitioned_inbox", "partitioned_epochs"):
+                await session.execute(f"DROP TABLE IF EXISTS example_{table}")
         async for key in redis.scan_iter(match="{" + name + "*"):
             await redis.delete(key)
         await redis.aclose()
@@ -115,7 +98,7 @@ async def main() -> None:
 async def _shipped(engine: AsyncEngine) -> bool:
     async with DbSession(engine) as session:
         found = await session.execute_scalar(
-            "SELECT COUNT(*) FROM example_partitioned_orders WHERE status = 'shipped'"
+            "SELECT COUNT(*) FROM example_order_steps WHERE status = 'shipped'"
         )
     return int(found) == ORDERS
 

@@ -15,7 +15,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from safesync_async import DbSession, RedisClient, create_engine, create_redis_client
+from safesync_async import (
+    DbSession,
+    EpochFence,
+    Inbox,
+    RedisClient,
+    create_engine,
+    create_redis_client,
+)
 
 from .support.backends import MARIADB, POSTGRES, Backend
 from .support.cluster import PrivateRedisCluster
@@ -98,6 +105,28 @@ class _Quoted:
 
     def __getitem__(self, identifier: str) -> str:
         return self._backend.q(identifier)
+
+
+@pytest.fixture
+async def inbox(engine: AsyncEngine, unique_name: Callable[[str], str]) -> AsyncIterator[Inbox]:
+    """An inbox table on the shared database, dropped afterwards."""
+    box = Inbox(unique_name("inbox"))
+    await box.create_table(engine)
+    yield box
+    async with engine.begin() as conn:
+        await conn.run_sync(box.table.drop)
+
+
+@pytest.fixture
+async def fence(
+    engine: AsyncEngine, unique_name: Callable[[str], str]
+) -> AsyncIterator[EpochFence]:
+    """A partition epochs table on the shared database, dropped afterwards."""
+    created = EpochFence(unique_name("epochs"))
+    await created.create_table(engine)
+    yield created
+    async with engine.begin() as conn:
+        await conn.run_sync(created.table.drop)
 
 
 @pytest.fixture

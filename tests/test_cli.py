@@ -148,10 +148,11 @@ async def mysql_engine() -> AsyncIterator[AsyncEngine]:
 
 @pytest.fixture
 async def stream(redis: Redis, unique_name: Callable[[str], str]) -> AsyncIterator[str]:
-    """A unique stream key; it, its dead-letter stream and ``<key>:other`` are deleted."""
+    """A unique stream key; it, its dead-letter streams (current and legacy) and
+    ``<key>:other`` are deleted."""
     key = unique_name("test-cli")
     yield key
-    await redis.delete(key, dead_letter_key(key), f"{key}:other")
+    await redis.delete(key, dead_letter_key(key), f"{key}:dead", f"{key}:other")
 
 
 # -- packaging -----------------------------------------------------------------------

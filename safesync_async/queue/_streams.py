@@ -20,6 +20,7 @@ __all__ = [
     "GroupStream",
     "PendingEntry",
     "StreamOperations",
+    "group_of",
     "parse_groups",
     "read_groups",
     "read_response_entries",
@@ -202,6 +203,17 @@ async def read_groups(redis: RedisClient, stream: str) -> list[GroupInfo]:
         return parse_groups(await redis.xinfo_groups(stream))
 
 
+async def group_of(redis: RedisClient, stream: str, group: str) -> GroupInfo | None:
+    """``group`` of ``stream`` (XINFO GROUPS); None if the stream or the group is missing."""
+    with redis_errors("EXISTS", stream):
+        if not await redis.exists(stream):
+            return None
+    for info in await read_groups(redis, stream):
+        if info.name == group:
+            return info
+    return None
+
+
 class GroupStream:
     """:class:`StreamOperations` on Redis: commands on ``stream`` as ``consumer`` of
     ``group``. Every command names the stream (the script's only key); the dead-letter
@@ -245,13 +257,7 @@ class GroupStream:
             return False
 
     async def group_info(self) -> GroupInfo | None:
-        with redis_errors("EXISTS", self.stream):
-            if not await self.redis.exists(self.stream):
-                return None
-        for group in await read_groups(self.redis, self.stream):
-            if group.name == self.group:
-                return group
-        return None
+        return await group_of(self.redis, self.stream, self.group)
 
     async def last_generated_id(self) -> str | None:
         with redis_errors("XINFO STREAM", self.stream):

@@ -17,12 +17,10 @@ UTF-8, are always distinct messages.
 
 from __future__ import annotations
 
-import hashlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ..db import tables
@@ -36,28 +34,12 @@ __all__ = ["Inbox"]
 
 #: Longest key column value; longer stream names, group names and keys are stored as
 #: ``sha256:`` followed by the 32-byte digest of their bytes.
-KEY_BYTES = 255
+KEY_BYTES = tables.KEY_BYTES
 _KEY_COLUMNS = ("stream", "consumer_group", "message_key")
 
 
 def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
-
-
-def _fit(value: bytes) -> bytes:
-    """``value`` itself, or its digest when it would not fit a key column."""
-    if len(value) <= KEY_BYTES:
-        return value
-    return b"sha256:" + hashlib.sha256(value).digest()
-
-
-def _name_bytes(name: str | bytes) -> bytes:
-    return name if isinstance(name, bytes) else name.encode("utf-8", "surrogatepass")
-
-
-def _key_column(name: str) -> sa.Column[bytes]:
-    binary = sa.VARBINARY(KEY_BYTES).with_variant(postgresql.BYTEA(), "postgresql")
-    return sa.Column(name, binary, primary_key=True)
 
 
 class Inbox:
@@ -76,7 +58,7 @@ class Inbox:
         self.table = sa.Table(
             table,
             sa.MetaData(),
-            *(_key_column(name) for name in _KEY_COLUMNS),
+            *(tables.binary_key_column(name) for name in _KEY_COLUMNS),
             sa.Column("message_id", sa.String(64), nullable=False),
             sa.Column("processed_at", sa.DateTime(), nullable=False, index=True),
         )
@@ -124,14 +106,14 @@ class Inbox:
         digested when longer than :data:`KEY_BYTES`."""
         raw = message.fields.get(IDEMPOTENCY_KEY_FIELD)
         key = b"key:" + raw if raw else b"id:" + message.id.encode("ascii")
-        return _fit(key)
+        return tables.key_bytes(key)
 
     async def record(self, session: DbSession, group: str, message: QueueMessage[Any]) -> bool:
         """Insert the message's row in the session's transaction; False if it is already
         there (the message was processed before: skip it)."""
         values = {
-            "stream": _fit(_name_bytes(message.stream)),
-            "consumer_group": _fit(_name_bytes(group)),
+            "stream": tables.key_bytes(message.stream),
+            "consumer_group": tables.key_bytes(group),
             "message_key": self.message_key(message),
             "message_id": message.id,
             "processed_at": _now(),
@@ -162,12 +144,12 @@ class Inbox:
     ) -> bool:
         """Whether a message key (as :meth:`message_key` returns it) has been processed."""
         t = self.table.c
-        key = _fit(_name_bytes(message_key))
+        key = tables.key_bytes(message_key)
         async with DbSession(engine, operation="inbox") as session:
             found = await session.execute_scalar(
                 sa.select(sa.func.count()).where(
-                    t.stream == _fit(_name_bytes(stream)),
-                    t.consumer_group == _fit(_name_bytes(group)),
+                    t.stream == tables.key_bytes(stream),
+                    t.consumer_group == tables.key_bytes(group),
                     t.message_key == key,
                 )
             )

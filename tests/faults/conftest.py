@@ -25,7 +25,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from safesync_async import (
     DbSession,
-    Inbox,
     QueueConfig,
     QueueConsumer,
     QueueError,
@@ -108,16 +107,6 @@ def backend() -> Backend:
 async def effects(make_table: TableFactory) -> str:
     """An effects table (see tests.support.checker.EFFECTS) on the shared database."""
     return await make_table(EFFECTS)
-
-
-@pytest.fixture
-async def inbox(engine: AsyncEngine, unique_name: Callable[[str], str]) -> AsyncIterator[Inbox]:
-    """An inbox table on the shared database, dropped afterwards."""
-    box = Inbox(unique_name("inbox"))
-    await box.create_table(engine)
-    yield box
-    async with engine.begin() as conn:
-        await conn.run_sync(box.table.drop)
 
 
 class PrivateServers:

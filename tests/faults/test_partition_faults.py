@@ -122,16 +122,14 @@ async def test_members_killed_stopped_and_paused_keep_every_key_in_order(
     redis: RedisClient,
     stream: str,
     make_table: TableFactory,
-    unique_name: Any,
+    inbox: Inbox,
+    fence: EpochFence,
     group: Callable[[list[str]], Group],
     reliability: Recorder,
 ) -> None:
     layout = PartitionedStream(stream, PARTITIONS)
     traffic = KeyedTraffic(PartitionedProducer(redis, layout, registry=None), KEYS)
     state, violations = await _setup(engine, make_table, traffic)
-    inbox, fence = Inbox(unique_name("inbox")), EpochFence(unique_name("epochs"))
-    await inbox.create_table(engine)
-    await fence.create_table(engine)
     members = group([
         *_redis_args(request, redis_server), "--stream", layout.name,
         "--partitions", str(PARTITIONS), "--group", "g", "--state", state,

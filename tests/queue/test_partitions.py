@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import zlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -154,15 +153,6 @@ async def test_a_different_partition_count_is_refused(redis: Redis, stream: str)
 # -- fencing (both databases) -------------------------------------------------------------
 
 
-@pytest.fixture
-async def fence(engine: AsyncEngine, unique_name: Any) -> AsyncIterator[EpochFence]:
-    created = EpochFence(unique_name("epochs"))
-    await created.create_table(engine)
-    yield created
-    async with engine.begin() as conn:
-        await conn.run_sync(created.table.drop)
-
-
 async def test_a_superseded_epoch_cannot_commit(engine: AsyncEngine, fence: EpochFence) -> None:
     assert await fence.register(engine, "{s/0}", "g", 1) == 1
     old = fence.bind("{s/0}", "g", 1)
@@ -223,15 +213,13 @@ async def test_consumers_divide_the_partitions_keep_key_order_and_rebalance_on_s
     make_table: TableFactory,
     redis: Redis,
     stream: str,
+    inbox: Inbox,
     fence: EpochFence,
-    unique_name: Any,
 ) -> None:
     layout = PartitionedStream(stream, 6)
     table = await make_table(KEY_STATE)
     checker = OrderingChecker(engine, table, plan(1_500, 40, 4, 0.4, seed=3), outage_share=0.0)
     await checker.setup()
-    inbox = Inbox(unique_name("inbox"))
-    await inbox.create_table(engine)
     await checker.publish(PartitionedProducer(redis, layout, registry=None))
 
     def member(name: str) -> PartitionedConsumer:

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -46,16 +46,6 @@ def backend() -> Backend:
 async def effects(make_table: TableFactory) -> str:
     """An effects table: one row per applied message, with the worker index."""
     return await make_table(EFFECTS)
-
-
-@pytest.fixture
-async def inbox(engine: AsyncEngine, unique_name: Callable[[str], str]) -> AsyncIterator[Inbox]:
-    """An inbox table, dropped afterwards."""
-    box = Inbox(unique_name("inbox"))
-    await box.create_table(engine)
-    yield box
-    async with engine.begin() as conn:
-        await conn.run_sync(box.table.drop)
 
 
 class Runner:

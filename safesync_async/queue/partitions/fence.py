@@ -13,11 +13,9 @@ between two owners of a partition, however long one of them was paused.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ...db import tables
@@ -28,17 +26,10 @@ from ...errors import ConfigurationError, PartitionFencedError
 
 __all__ = ["EpochFence", "PartitionFence"]
 
-_KEY_BYTES = 255
 
-
-def _key(name: str) -> bytes:
-    raw = name.encode("utf-8", "surrogatepass")
-    return raw if len(raw) <= _KEY_BYTES else b"sha256:" + hashlib.sha256(raw).digest()
-
-
-def _key_column(name: str) -> sa.Column[bytes]:
-    binary = sa.VARBINARY(_KEY_BYTES).with_variant(postgresql.BYTEA(), "postgresql")
-    return sa.Column(name, binary, primary_key=True)
+def _row_key(stream: str, group: str) -> dict[str, bytes]:
+    """The primary key of a partition's row, as stored."""
+    return {"stream": tables.key_bytes(stream), "consumer_group": tables.key_bytes(group)}
 
 
 class EpochFence:
@@ -52,8 +43,8 @@ class EpochFence:
         self.table = sa.Table(
             table,
             sa.MetaData(),
-            _key_column("stream"),
-            _key_column("consumer_group"),
+            tables.binary_key_column("stream"),
+            tables.binary_key_column("consumer_group"),
             sa.Column("epoch", sa.BigInteger(), nullable=False),
         )
         self._check_sql: dict[sa.Dialect, str] = {}
@@ -86,10 +77,10 @@ class EpochFence:
         an older epoch's check; returns the epoch recorded now: ``epoch``, or a larger or
         equal one that was there already (then ``epoch`` is stale and was not recorded)."""
         t = self.table
-        where = (t.c.stream == _key(stream)) & (t.c.consumer_group == _key(group))
+        key = _row_key(stream, group)
+        where = (t.c.stream == key["stream"]) & (t.c.consumer_group == key["consumer_group"])
         async with DbSession(engine, operation="fence_register", registry=None) as session:
-            insert = sa.insert(t).values(stream=_key(stream), consumer_group=_key(group), epoch=0)
-            await insert_idempotent(session, insert)
+            await insert_idempotent(session, sa.insert(t).values(**key, epoch=0))
             current = int(
                 await session.execute_scalar(sa.select(t.c.epoch).where(where).with_for_update())
             )
@@ -100,8 +91,8 @@ class EpochFence:
 
     async def current(self, engine: AsyncEngine, stream: str, group: str) -> int | None:
         """The recorded epoch of a partition (None: never registered)."""
-        t = self.table
-        where = (t.c.stream == _key(stream)) & (t.c.consumer_group == _key(group))
+        t, key = self.table, _row_key(stream, group)
+        where = (t.c.stream == key["stream"]) & (t.c.consumer_group == key["consumer_group"])
         async with DbSession(engine, operation="fence_read", registry=None) as session:
             found = await session.execute_scalar(sa.select(t.c.epoch).where(where))
         return None if found is None else int(found)
@@ -142,7 +133,7 @@ class PartitionFence:
         self.stream = stream
         self.epoch = epoch
         self._fence = fence
-        self._params = {"stream": _key(stream), "consumer_group": _key(group)}
+        self._params = _row_key(stream, group)
         self._on_refused = on_refused
 
     async def check(self, session: DbSession) -> None:

@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from .._errors import redis_errors
-from .._streams import read_groups
+from .._streams import group_of
 from ..client import RedisClient
 from .layout import PartitionedStream
 from .leases import LeaseStore
@@ -46,9 +45,7 @@ async def partition_status(
     result = []
     for partition, lease in holders.items():
         key = stream.stream_key(partition)
-        with redis_errors("EXISTS", key):
-            exists = bool(await redis.exists(key))
-        groups = [g for g in await read_groups(redis, key) if g.name == group] if exists else []
+        info = await group_of(redis, key, group)
         result.append(
             PartitionStatus(
                 partition=partition,
@@ -56,8 +53,8 @@ async def partition_status(
                 owner=lease.member if lease else None,
                 epoch=lease.epoch if lease else None,
                 since=datetime.fromtimestamp(lease.acquired_ms / 1000, UTC) if lease else None,
-                lag=groups[0].lag if groups else None,
-                pending=groups[0].pending if groups else 0,
+                lag=info.lag if info else None,
+                pending=info.pending if info else 0,
             )
         )
     return result
